@@ -54,7 +54,8 @@ class ModelConfig:
         arch = (c.get("architectures") or ["?"])[0]
         if arch not in ARCHITECTURES:
             raise ValueError(f"unsupported architecture '{arch}' in config.json (supported: {', '.join(ARCHITECTURES)})")
-        rs = c.get("rope_scaling") or c.get("rope_parameters")
+        rs = c.get("rope_scaling") or c.get("rope_parameters")  # transformers 5 names it rope_parameters
+        theta = c.get("rope_theta") or (rs or {}).get("rope_theta", 10000.0)
         if rs and rs.get("rope_type", rs.get("type")) in (None, "default"):
             rs = None
         if rs and rs.get("rope_type", rs.get("type")) != "llama3":
@@ -63,7 +64,7 @@ class ModelConfig:
         return cls(vocab_size=c["vocab_size"], dim=c["hidden_size"], n_layers=c["num_hidden_layers"],
                    n_heads=c["num_attention_heads"], n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
                    hidden_dim=c["intermediate_size"], head_dim=c.get("head_dim") or 0,
-                   norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=c.get("rope_theta", (rs or {}).get("rope_theta", 10000.0)),
+                   norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=theta,
                    rope_scaling=rs, qkv_bias=arch == "Qwen2ForCausalLM" or c.get("attention_bias", False),
                    tie_embeddings=c.get("tie_word_embeddings", False),
                    sliding_window=c.get("sliding_window") if use_sw else None,
@@ -168,6 +169,14 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.pos = 0  # positions filled so far; advanced by the model after the last layer
+
+    def expand(self, repeats, extra):
+        """A cache whose row i is this cache's row repeats[i]-fold (a shared prompt, scored with several
+        continuations), with room for `extra` more positions."""
+        new = KVCache.__new__(KVCache)
+        grow = lambda t: F.pad(t[:, :, :self.pos].repeat_interleave(repeats, 0), (0, 0, 0, extra))
+        new.k, new.v, new.pos = [grow(t) for t in self.k], [grow(t) for t in self.v], self.pos
+        return new
 
     def update(self, layer, k, v):
         T = k.shape[2]
