@@ -1,0 +1,342 @@
+"""
+Text-to-LoRA hypernetwork (Charakorn et al., ICML 2025, arXiv 2506.06105, section 3 / T2L_NOTES 2-4):
+a task description is embedded once, and one batched forward pass turns that embedding into the LoRA
+A (r x d_in) and B (d_out x r) of every target module of every layer of a frozen base model.
+
+    e -> [task | layer | module] embedding -> mixer -> 2 residual blocks -> output block -> head per module
+
+Also here: description embeddings (the base model's own last-token hidden state, with a cache), checkpoint
+I/O, and a CLI that writes a PEFT adapter for one description:
+
+    python t2l.py --ckpt runs/t2l --out out/adapter "Classify the sentiment of a movie review."
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+SIZES = ("large", "medium", "small")
+MAX_DESC_TOKENS = 512  # longer descriptions are truncated (with a warning)
+
+
+@dataclass
+class HyperConfig:
+    size: str  # large | medium | small: what one head call emits (T2L_NOTES section 3)
+    emb_dim: int  # description embedding dim d_e
+    n_layers: int  # of the base model
+    modules: dict  # target module name -> (d_in, d_out); the order fixes the module-embedding index
+    r: int = 8
+    latent: int = 128  # Lat
+    head_in: int = 512  # H
+    dropout: float = 0.05
+
+    def __post_init__(self):
+        if self.size not in SIZES:
+            raise ValueError(f"hypernetwork size must be one of {SIZES}, got '{self.size}'")
+        if self.latent % 4:
+            raise ValueError(f"latent must be a multiple of 4 (task Lat/2 + layer Lat/4 + module Lat/4), got {self.latent}")
+        self.modules = {k: (int(v[0]), int(v[1])) for k, v in self.modules.items()}  # JSON gives lists
+
+    def to_dict(self):
+        return {**asdict(self), "modules": {k: list(v) for k, v in self.modules.items()}}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)
+
+
+def rank_signal(r, dim, device=None):
+    # sinusoidal position code (Vaswani et al. 2017) for the rank index of a small-size pass: no parameters,
+    # which keeps S at the paper's 4.99M (a learned Embedding(r, Lat) + LayerNorm would make it 5.00M)
+    k = torch.arange(r, dtype=torch.float32, device=device)[:, None]  # (r, 1)
+    freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)  # (dim/2,)
+    return torch.stack([(k * freq).sin(), (k * freq).cos()], dim=-1).flatten(1)  # (r, dim)
+
+
+class Head(nn.Module):
+    """H -> n_out, one per module type, shared by all layers. bias-HyperInit: the weight starts at zero and
+    the bias holds a freshly initialised LoRA, so at step 0 every layer gets that LoRA with B = 0.
+    The bias covers A and B for large; for medium and small it covers the A pass only: the initial B is
+    zero, so the B pass needs no bias, B starts at exactly 0 and the count stays the paper's."""
+
+    def __init__(self, size, H, r, d_in, d_out):
+        super().__init__()
+        n_out = {"large": r * (d_in + d_out), "medium": r * max(d_in, d_out), "small": max(d_in, d_out)}[size]
+        self.weight = nn.Parameter(torch.zeros(n_out, H))
+        A0 = torch.empty(r, d_in)
+        nn.init.kaiming_uniform_(A0, a=math.sqrt(5))  # what nn.Linear(d_in, r) does
+        bias = {"large": torch.cat([A0.flatten(), torch.zeros(d_out * r)]),  # B0 = 0
+                "medium": A0.flatten(),
+                "small": A0[0]}[size]  # shared by the r passes, so all rows of A start equal (rank 1)
+        self.bias = nn.Parameter(bias)
+
+
+def ffn(lat, out, p, norm=True, last_dropout=True):
+    # the Linear(Lat, 4Lat) -> SiLU -> Dropout -> Linear(4Lat, out) -> SiLU [-> Dropout] unit of every block
+    layers = [nn.LayerNorm(lat)] if norm else [nn.Dropout(p)]
+    layers += [nn.Linear(lat, 4 * lat), nn.SiLU(), nn.Dropout(p), nn.Linear(4 * lat, out), nn.SiLU()]
+    return nn.Sequential(*layers, *([nn.Dropout(p)] if last_dropout else []))
+
+
+class HyperNetwork(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        Lat, p = cfg.latent, cfg.dropout
+        self.task_proj = nn.Linear(cfg.emb_dim, Lat // 2)
+        self.task_norm = nn.LayerNorm(Lat // 2)
+        self.layer_emb = nn.Embedding(cfg.n_layers, Lat // 4)
+        self.layer_norm = nn.LayerNorm(Lat // 4)
+        self.module_emb = nn.Embedding(len(cfg.modules), Lat // 4)
+        self.module_norm = nn.LayerNorm(Lat // 4)
+        self.mixer = ffn(Lat, Lat, p, norm=False)  # Dropout first instead of LayerNorm
+        self.blocks = nn.ModuleList(ffn(Lat, Lat, p) for _ in range(2))  # x + f(x)
+        self.out = ffn(Lat, cfg.head_in, p, last_dropout=False)
+        if cfg.size != "large":  # one pass for A and one for B: tell them apart
+            self.ab_emb = nn.Embedding(2, Lat)
+            self.ab_norm = nn.LayerNorm(Lat)
+        self.heads = nn.ModuleDict({name: Head(cfg.size, cfg.head_in, cfg.r, d_in, d_out)
+                                    for name, (d_in, d_out) in cfg.modules.items()})
+
+    def forward(self, task_emb):
+        # task_emb: (n, d_e) -> {module: (A (n, L, r, d_in), B (n, L, d_out, r))}
+        cfg, r = self.cfg, self.cfg.r
+        n, L, M = task_emb.shape[0], cfg.n_layers, len(cfg.modules)
+        task = self.task_norm(self.task_proj(task_emb))  # (n, Lat/2)
+        layer = self.layer_norm(self.layer_emb.weight)  # (L, Lat/4)
+        module = self.module_norm(self.module_emb.weight)  # (M, Lat/4)
+        # the batch axes enumerate (sample, module, layer[, A/B][, rank]): every LoRA in one pass, no loops
+        phi = torch.cat([task[:, None, None].expand(n, M, L, -1),
+                         layer[None, None].expand(n, M, L, -1),
+                         module[None, :, None].expand(n, M, L, -1)], dim=-1)  # (n, M, L, Lat)
+        x = self.mixer(phi)  # (n, M, L, Lat)
+        if cfg.size != "large":  # added before the residual blocks, so the mixer runs once for A and B
+            x = x[:, :, :, None] + self.ab_norm(self.ab_emb.weight)  # (n, M, L, 2, Lat)
+        if cfg.size == "small":
+            x = x[:, :, :, :, None] + rank_signal(r, cfg.latent, x.device).to(x.dtype)  # (n, M, L, 2, r, Lat)
+        for block in self.blocks:
+            x = x + block(x)
+        h = self.out(x)  # (n, M, L, [2, [r,]] H)
+        lora = {}
+        for i, (name, (d_in, d_out)) in enumerate(cfg.modules.items()):
+            head = self.heads[name]
+            y = F.linear(h[:, i], head.weight)  # (n, L, [2, [r,]] n_out)
+            if cfg.size == "large":
+                y = y + head.bias
+                A = y[..., :r * d_in].view(n, L, r, d_in)
+                B = y[..., r * d_in:].view(n, L, d_out, r)
+            elif cfg.size == "medium":
+                A = (y[:, :, 0, :r * d_in] + head.bias).view(n, L, r, d_in)
+                B = y[:, :, 1, :r * d_out].view(n, L, d_out, r)
+            else:  # one rank row of A (d_in) or column of B (d_out) per pass
+                A = y[:, :, 0, :, :d_in] + head.bias  # (n, L, r, d_in)
+                B = y[:, :, 1, :, :d_out].transpose(2, 3)  # (n, L, d_out, r)
+            lora[name] = (A, B)
+        return lora
+
+
+# --------------------------------------------------------------------------- description embeddings
+
+def prepare_description(text):
+    if not isinstance(text, str):
+        raise TypeError(f"a task description must be a str, got {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        raise ValueError("empty description")
+    return text + "." if text[-1].isalpha() else text  # as the reference does (T2L_NOTES section 4)
+
+
+@torch.no_grad()
+def embed_descriptions(model, tokenizer, texts, batch_size=16, max_tokens=MAX_DESC_TOKENS):
+    """The base model's own final-normed hidden state at each description's last token (the paper's
+    ablation finds it about as good as gte-large). This is the seam for another encoder: any function
+    list[str] -> (N, dim) can take its place in EmbeddingCache (and HyperConfig.emb_dim follows it)."""
+    texts = [prepare_description(t) for t in texts]
+    if not texts:
+        raise ValueError("no descriptions to embed")
+    device = next(model.parameters()).device
+    pad = getattr(tokenizer, "pad_id", None) or 0  # any id works: pads are masked and never picked
+    out = []
+    for i in range(0, len(texts), batch_size):
+        ids = [tokenizer.encode(t) for t in texts[i:i + batch_size]]
+        for j, row in enumerate(ids):
+            if not row:
+                raise ValueError(f"description {texts[i + j]!r} encodes to no tokens")
+            if len(row) > max_tokens:
+                warnings.warn(f"description of {len(row)} tokens truncated to {max_tokens}: {texts[i + j][:60]!r}...")
+                ids[j] = row[:max_tokens]
+        T = max(len(row) for row in ids)
+        input_ids = torch.tensor([row + [pad] * (T - len(row)) for row in ids], device=device)  # (b, T)
+        mask = torch.tensor([[1] * len(row) + [0] * (T - len(row)) for row in ids], device=device)  # right padding
+        h = model.hidden(input_ids, attention_mask=mask)  # (b, T, d)
+        out.append(h[torch.arange(len(ids), device=device), mask.sum(1) - 1].float())  # (b, d) last real token
+    e = torch.cat(out)  # (N, d)
+    # fixed scale whatever the encoder: unit L2 norm times sqrt(d), as the reference does for gte (section 4)
+    return (F.normalize(e, dim=-1) * math.sqrt(e.shape[-1])).cpu()
+
+
+class EmbeddingCache:
+    """description -> embedding, so each description is encoded once and the encoder never runs in the
+    training step. `encode` is any function list[str] -> (N, dim), e.g.
+    functools.partial(embed_descriptions, model, tokenizer). `tag` names the encoder; a saved cache
+    from another encoder is refused."""
+
+    def __init__(self, encode, path=None, tag=""):
+        self.encode, self.tag, self.table = encode, tag, {}
+        if path is not None and os.path.isfile(path):
+            with safe_open(path, framework="pt") as f:
+                info = f.metadata() or {}
+                if info.get("tag", "") != tag:
+                    raise ValueError(f"embedding cache {path} was made by encoder '{info.get('tag')}', not '{tag}': delete it")
+                self.table = dict(zip(json.loads(info["texts"]), f.get_tensor("embeddings")))
+
+    def __call__(self, texts):
+        keys = [prepare_description(t) for t in texts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.table))  # unique, in order
+        if missing:
+            self.table.update(zip(missing, self.encode(missing)))
+        return torch.stack([self.table[k] for k in keys])  # (N, dim)
+
+    def save(self, path):
+        texts = list(self.table)
+        emb = torch.stack([self.table[t] for t in texts]).contiguous() if texts else torch.zeros(0)
+        _atomic(path, lambda p: save_file({"embeddings": emb}, p, metadata={"texts": json.dumps(texts), "tag": self.tag}))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def base_model_meta(model, model_path="", lora_alpha=16, rslora=True):
+    # what a checkpoint remembers about its base model, to refuse a different one later
+    c = model.config
+    return {"base_model": c.name, "model_path": str(model_path), "n_layers": c.n_layers, "dim": c.dim,
+            "vocab_size": c.vocab_size, "lora_shapes": {k: list(v) for k, v in model.lora_shapes().items()},
+            "lora_alpha": lora_alpha, "rslora": rslora, "encoder": "base-last-token"}
+
+
+def check_base_model(cfg, meta, have):
+    """have: base_model_meta(model) of the model at hand, or the meta a resumed run expects."""
+    # the hypernetwork's config fixes layers and LoRA shapes; the meta adds width and vocabulary
+    want = {"n_layers": cfg.n_layers, "lora_shapes": {k: list(v) for k, v in cfg.modules.items()},
+            **{k: meta[k] for k in ("dim", "vocab_size") if k in meta}}
+    have = {**have, "lora_shapes": {k: list(have.get("lora_shapes", {}).get(k, ())) for k in cfg.modules}}
+    bad = [k for k in want if want[k] != have.get(k, want[k])]
+    if bad:
+        raise ValueError(f"the hypernetwork was trained for base model '{meta.get('base_model', '?')}' with "
+                         f"{', '.join(f'{k}={want[k]}' for k in bad)}, but '{have.get('base_model', '?')}' has "
+                         f"{', '.join(f'{k}={have[k]}' for k in bad)}: pass the model it was trained on")
+
+
+def _atomic(path, write):
+    # write to a temporary name and rename: a crash never leaves a half-written file under the real name
+    tmp = f"{path}.tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def save_checkpoint(run_dir, hypernet, cfg, meta, optimizer_state=None, step=None, run_config=None):
+    """run_dir/hypernet.safetensors + config.json (hyper config, base-model meta, step, run config)
+    [+ optimizer.pt]. Each file is replaced atomically; config.json goes last."""
+    os.makedirs(run_dir, exist_ok=True)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in hypernet.state_dict().items()}
+    _atomic(os.path.join(run_dir, "hypernet.safetensors"), lambda p: save_file(state, p))
+    if optimizer_state is not None:
+        _atomic(os.path.join(run_dir, "optimizer.pt"), lambda p: torch.save(optimizer_state, p))
+    config = {"hyper": cfg.to_dict(), "meta": meta, "step": step, "run": run_config}
+    _atomic(os.path.join(run_dir, "config.json"), lambda p: _write_json(p, config))
+
+
+def load_checkpoint(run_dir, model=None, device="cpu", expect_meta=None, with_optimizer=False):
+    """-> (hypernet in eval mode, cfg, meta), plus (optimizer state or None, step) with_optimizer.
+    A model (or expect_meta) whose shapes differ from the checkpoint's base model is refused."""
+    cfg_path, st_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "hypernet.safetensors")
+    for p in (cfg_path, st_path):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"checkpoint file missing: {p} (train one with: python train.py)")
+    try:
+        with open(cfg_path) as f:
+            d = json.load(f)
+        cfg, meta = HyperConfig.from_dict(d["hyper"]), d.get("meta") or {}
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"corrupt checkpoint config {cfg_path}: {e!r}") from None
+    if model is not None:
+        check_base_model(cfg, meta, base_model_meta(model))
+    if expect_meta is not None:
+        check_base_model(cfg, meta, expect_meta)
+    try:
+        state = load_file(st_path, device=str(device))
+    except Exception as e:  # safetensors raises several types for truncated or garbage files
+        raise ValueError(f"corrupt checkpoint weights {st_path}: {e}") from None
+    with torch.device("meta"):  # no init work: every tensor comes from the file
+        net = HyperNetwork(cfg)
+    expected = net.state_dict()
+    bad = sorted(set(expected) ^ set(state)) + [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if bad:
+        raise ValueError(f"checkpoint weights {st_path} do not fit its config.json (e.g. {bad[0]})")
+    net.load_state_dict(state, assign=True)
+    if not with_optimizer:
+        return net.eval(), cfg, meta
+    opt_path = os.path.join(run_dir, "optimizer.pt")
+    opt_state = torch.load(opt_path, map_location=device, weights_only=True) if os.path.isfile(opt_path) else None
+    return net.eval(), cfg, meta, opt_state, d.get("step") or 0
+
+
+# --------------------------------------------------------------------------- CLI
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Generate a LoRA adapter (PEFT format) from a task description.")
+    ap.add_argument("description", help="the task description, in plain text")
+    ap.add_argument("--ckpt", required=True, help="run folder with hypernet.safetensors + config.json (from train.py)")
+    ap.add_argument("--out", required=True, help="folder to write adapter_config.json + adapter_model.safetensors to")
+    ap.add_argument("--model", default=None, help="base model folder (default: model_path in the checkpoint)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    args = ap.parse_args(argv)
+    try:
+        prepare_description(args.description)  # fail before loading anything
+        from data import Tokenizer  # only the CLI needs the base model's files
+        from lora import save_adapter
+        from model import Transformer
+        net, cfg, meta = load_checkpoint(args.ckpt, device=args.device)
+        path = args.model or meta.get("model_path")
+        if not path:
+            raise ValueError(f"the checkpoint in {args.ckpt} does not name its base model: pass --model PATH")
+        model = Transformer.from_pretrained(path, device=args.device)
+        check_base_model(cfg, meta, base_model_meta(model))
+        if cfg.emb_dim != model.config.dim:
+            raise ValueError(f"the hypernetwork reads {cfg.emb_dim}-d embeddings from another encoder; this CLI embeds with the base model ({model.config.dim}-d)")
+        tokenizer = Tokenizer(path)
+        sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+        t0 = time.perf_counter()
+        emb = embed_descriptions(model, tokenizer, [args.description]).to(args.device)  # (1, d)
+        sync()
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            lora = net(emb)
+        sync()
+        t2 = time.perf_counter()
+        save_adapter(args.out, {k: (A[0], B[0]) for k, (A, B) in lora.items()}, r=cfg.r,
+                     alpha=meta.get("lora_alpha", 16), base_model_name=meta.get("base_model", model.config.name),
+                     rslora=meta.get("rslora", True))
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"adapter written to {args.out} (embedding {1000 * (t1 - t0):.1f} ms, hypernetwork {1000 * (t2 - t1):.1f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
