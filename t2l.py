@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -249,20 +250,41 @@ def _write_json(path, obj):
 
 
 def save_checkpoint(run_dir, hypernet, cfg, meta, optimizer_state=None, step=None, run_config=None):
-    """run_dir/hypernet.safetensors + config.json (hyper config, base-model meta, step, run config)
-    [+ optimizer.pt]. Each file is replaced atomically; config.json goes last."""
+    """A complete checkpoint goes into its own folder run_dir/step-NNNNNN (hypernet.safetensors, config.json
+    with hyper config, base-model meta, step and run config [, optimizer.pt]); only then does the file
+    run_dir/latest, replaced atomically, point at it. A run killed at any moment keeps a consistent
+    checkpoint. The previous one is kept too; older ones are removed."""
     os.makedirs(run_dir, exist_ok=True)
+    name = f"step-{step or 0:06d}"
+    ck = os.path.join(run_dir, name)
+    os.makedirs(ck, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in hypernet.state_dict().items()}
-    _atomic(os.path.join(run_dir, "hypernet.safetensors"), lambda p: save_file(state, p))
+    _atomic(os.path.join(ck, "hypernet.safetensors"), lambda p: save_file(state, p))
     if optimizer_state is not None:
-        _atomic(os.path.join(run_dir, "optimizer.pt"), lambda p: torch.save(optimizer_state, p))
+        _atomic(os.path.join(ck, "optimizer.pt"), lambda p: torch.save(optimizer_state, p))
     config = {"hyper": cfg.to_dict(), "meta": meta, "step": step, "run": run_config}
-    _atomic(os.path.join(run_dir, "config.json"), lambda p: _write_json(p, config))
+    _atomic(os.path.join(ck, "config.json"), lambda p: _write_json(p, config))
+    previous = _resolve(run_dir)
+    _atomic(os.path.join(run_dir, "latest"), lambda p: open(p, "w").write(name + "\n"))
+    keep = {name, os.path.basename(previous)}
+    for old in os.listdir(run_dir):
+        if old.startswith("step-") and old not in keep:
+            shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
+
+
+def _resolve(run_dir):
+    # a run folder (its `latest` pointer names the checkpoint), or a checkpoint folder itself
+    latest = os.path.join(run_dir, "latest")
+    if os.path.isfile(latest):
+        with open(latest) as f:
+            return os.path.join(run_dir, f.read().strip())
+    return run_dir
 
 
 def load_checkpoint(run_dir, model=None, device="cpu", expect_meta=None, with_optimizer=False):
     """-> (hypernet in eval mode, cfg, meta), plus (optimizer state or None, step) with_optimizer.
     A model (or expect_meta) whose shapes differ from the checkpoint's base model is refused."""
+    run_dir = _resolve(run_dir)
     cfg_path, st_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "hypernet.safetensors")
     for p in (cfg_path, st_path):
         if not os.path.isfile(p):

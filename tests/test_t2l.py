@@ -220,7 +220,8 @@ def test_checkpoint_round_trip(size, tmp_path):
     opt.step()
     meta = t2l.base_model_meta(model, model_path="somewhere")
     t2l.save_checkpoint(tmp_path, net, cfg, meta, optimizer_state=opt.state_dict(), step=7)
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "hypernet.safetensors", "optimizer.pt"]  # no .tmp left
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step-000007"]
+    assert sorted(os.listdir(tmp_path / "step-000007")) == ["config.json", "hypernet.safetensors", "optimizer.pt"]
     net2, cfg2, meta2 = t2l.load_checkpoint(tmp_path, model=model)
     assert cfg2 == cfg and meta2 == json.loads(json.dumps(meta)) and not net2.training
     assert all(p.requires_grad for p in net2.parameters())  # resumable: trainable parameters again
@@ -248,9 +249,20 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
         t2l.load_checkpoint(tmp_path)
     net, cfg = tiny_hyper("small")
     t2l.save_checkpoint(tmp_path, net, cfg, {})
-    (tmp_path / "hypernet.safetensors").write_bytes(b"garbage")
+    (tmp_path / "step-000000" / "hypernet.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt checkpoint weights"):
         t2l.load_checkpoint(tmp_path)
+
+
+def test_checkpoints_keep_latest_and_previous(tmp_path):
+    net, cfg = tiny_hyper("small")
+    for step in (10, 20, 30):
+        t2l.save_checkpoint(tmp_path, net, cfg, {}, step=step)
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step-000020", "step-000030"]
+    # a run killed while writing step 40 (folder half written, pointer not moved) still loads step 30
+    (tmp_path / "step-000040").mkdir()
+    (tmp_path / "step-000040" / "hypernet.safetensors").write_bytes(b"half")
+    assert t2l.load_checkpoint(tmp_path, with_optimizer=True)[-1] == 30
 
 
 def test_config_json_round_trip():
