@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests that need the real assets (written by `python prepare.py`) look for them under
+$T2L_ASSETS (default <repo>/assets) and skip when they are absent, unless T2L_REQUIRE_ASSETS=1 (CI),
+where a missing asset is a failure."""
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "data"  # tiny hand-checked copies in the formats prepare.py reads
+MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def need(path, what):
+    if path.exists():
+        return path
+    msg = f"{what} not found at {path}: run `python prepare.py` (or set T2L_ASSETS)"
+    if os.environ.get("T2L_REQUIRE_ASSETS") == "1":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def assets():
+    return need(pathlib.Path(os.environ.get("T2L_ASSETS", ROOT / "assets")).resolve(), "assets folder")
+
+
+@pytest.fixture(scope="session")
+def model_dir(assets):
+    return need(assets / "models" / MODEL_NAME, "base model")
+
+
+@pytest.fixture(scope="session")
+def data_dir(assets):
+    return need(assets / "data", "prepared data")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    # the read-only data folder prepare.py imports from; absent outside the original workspace
+    for p in (os.environ.get("T2L_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"):
+        if p and (pathlib.Path(p) / "benchmarks").is_dir():
+            return pathlib.Path(p)
+    pytest.skip("no shared data folder (set T2L_SHARED_DATA)")
