@@ -87,6 +87,18 @@ class LoRALinear(nn.Module):
         return y
 
 
+def set_adapters(model, adapters, r=R, alpha=ALPHA, rslora=True):
+    """One static adapter for the whole model, or None to remove it:
+    adapters = {module: (A (n_layers, r, d_in), B (n_layers, d_out, r))}, e.g. one row of a T2L output."""
+    for i, layer in enumerate(model.model.layers):
+        for name in TARGETS:
+            mod = getattr(layer.self_attn, name)
+            mod.lora_A = mod.lora_B = None
+            if adapters is not None and name in adapters:
+                A, B = adapters[name]
+                mod.add_adapter(r, alpha, rslora, A=A[i].detach(), B=B[i].detach())
+
+
 def mark_only_lora_as_trainable(model):
     for name, p in model.named_parameters():
         p.requires_grad = "lora_" in name
