@@ -167,21 +167,23 @@ def embed_descriptions(model, tokenizer, texts, batch_size=16, max_tokens=MAX_DE
         raise ValueError("no descriptions to embed")
     device = next(model.parameters()).device
     pad = getattr(tokenizer, "pad_id", None) or 0  # any id works: pads are masked and never picked
-    out = []
-    for i in range(0, len(texts), batch_size):
-        ids = [tokenizer.encode(t) for t in texts[i:i + batch_size]]
-        for j, row in enumerate(ids):
-            if not row:
-                raise ValueError(f"description {texts[i + j]!r} encodes to no tokens")
-            if len(row) > max_tokens:
-                warnings.warn(f"description of {len(row)} tokens truncated to {max_tokens}: {texts[i + j][:60]!r}...")
-                ids[j] = row[:max_tokens]
-        T = max(len(row) for row in ids)
-        input_ids = torch.tensor([row + [pad] * (T - len(row)) for row in ids], device=device)  # (b, T)
-        mask = torch.tensor([[1] * len(row) + [0] * (T - len(row)) for row in ids], device=device)  # right padding
+    ids = [tokenizer.encode(t) for t in texts]
+    for j, row in enumerate(ids):
+        if not row:
+            raise ValueError(f"description {texts[j]!r} encodes to no tokens")
+        if len(row) > max_tokens:
+            warnings.warn(f"description of {len(row)} tokens truncated to {max_tokens}: {texts[j][:60]!r}...")
+            ids[j] = row[:max_tokens]
+    order = sorted(range(len(ids)), key=lambda j: len(ids[j]))  # similar lengths together: little padding
+    out = torch.empty(len(ids), model.config.dim)
+    for i in range(0, len(order), batch_size):
+        rows = [ids[j] for j in order[i:i + batch_size]]
+        T = max(len(row) for row in rows)
+        input_ids = torch.tensor([row + [pad] * (T - len(row)) for row in rows], device=device)  # (b, T)
+        mask = torch.tensor([[1] * len(row) + [0] * (T - len(row)) for row in rows], device=device)  # right padding
         h = model.hidden(input_ids, attention_mask=mask)  # (b, T, d)
-        out.append(h[torch.arange(len(ids), device=device), mask.sum(1) - 1].float())  # (b, d) last real token
-    e = torch.cat(out)  # (N, d)
+        out[order[i:i + batch_size]] = h[torch.arange(len(rows), device=device), mask.sum(1) - 1].float().cpu()  # last real token
+    e = out  # (N, d)
     # fixed scale whatever the encoder: unit L2 norm times sqrt(d), as the reference does for gte (section 4)
     return (F.normalize(e, dim=-1) * math.sqrt(e.shape[-1])).cpu()
 

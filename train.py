@@ -1,0 +1,265 @@
+"""
+Train a Text-to-LoRA hypernetwork with the SFT recipe (T2L_NOTES section 5): every example carries
+the adapter generated from one of its task's descriptions, the frozen base model runs with it, and
+the next-token loss on the response trains only the hypernetwork.
+
+    description -> embedding (base model, cached) -> hypernetwork -> A, B per layer -> base model -> loss
+
+    python train.py --size small                       # CPU defaults, default base model
+    python train.py --size large --steps 2000 --out runs/t2l-large --resume
+    torchrun --nproc_per_node 2 train.py --size small  # data parallel (gloo on CPU, nccl on GPU)
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from data import Tokenizer, load_descriptions, load_eval_descriptions, load_splits, load_sni_task, sni_prompt
+from model import Transformer
+from t2l import HyperConfig, HyperNetwork, base_model_meta, embed_descriptions, load_checkpoint, save_checkpoint
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def encode_example(tok, definition, inp, out, max_len):
+    """(ids, n_prompt): the chat-templated prompt followed by the response; loss goes on the response."""
+    user = [{"role": "user", "content": sni_prompt(definition, inp)}]
+    prompt = tok.chat(user)
+    full = tok.chat(user + [{"role": "assistant", "content": out}], add_generation_prompt=False)
+    assert full.startswith(prompt), "chat template does not extend the prompt with the response"
+    p, t = tok.encode(prompt), tok.encode(full[len(prompt):])  # response incl. the end-of-turn token
+    t = t[:max_len // 2]
+    if len(p) + len(t) > max_len:  # keep the head (definition) and the tail (input end, assistant header)
+        keep = max_len - len(t)
+        p = p[:keep // 2] + p[len(p) - (keep - keep // 2):]
+    return p + t, len(p)
+
+
+def load_tasks(tok, data_dir, names, max_len, n_desc):
+    """{task: (examples [(ids, n_prompt)], descriptions [str])} for the tasks present in data_dir."""
+    tasks = {}
+    for name in names:
+        path = os.path.join(data_dir, "sni", name + ".json")
+        if not os.path.isfile(path):
+            continue
+        task = load_sni_task(path)
+        examples = [encode_example(tok, task["definition"], i, o, max_len) for i, o in task["instances"]]
+        tasks[name] = (examples, load_descriptions(data_dir, name)[:n_desc])
+    return tasks
+
+
+def make_batch(examples, pad_id, device):
+    """Right-padded ids, mask, and the loss mask of the positions that predict response tokens."""
+    T = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(examples), T, dtype=torch.long)
+    target = torch.zeros(len(examples), T, dtype=torch.bool)
+    for i, (x, n_prompt) in enumerate(examples):
+        ids[i, :len(x)] = torch.tensor(x)
+        mask[i, :len(x)] = 1
+        target[i, n_prompt:len(x)] = True
+    return ids.to(device), mask.to(device), target.to(device)
+
+
+def t2l_loss(model, hypernet, emb, ids, mask, target, label_smoothing=0.1, reg=1e-3, neftune=0.0):
+    adapters = hypernet(emb)  # {module: (A (B, L, r, d_in), B (B, L, d_out, r))}
+    x = model.model.embed_tokens(ids)  # (B, T, dim)
+    if neftune > 0:  # NEFTune (Jain et al. 2023): uniform noise of norm alpha / sqrt(T * dim)
+        scale = neftune / (mask.sum(1, keepdim=True) * x.shape[-1]).sqrt()  # (B, 1)
+        x = x + (torch.rand_like(x) * 2 - 1) * scale[..., None].to(x.dtype) * mask[..., None].to(x.dtype)
+    h = model.hidden(ids, mask, lora=adapters, embeds=x)  # (B, T, dim)
+    pred = target[:, 1:]  # position t predicts token t + 1
+    logits = model.lm_head(h[:, :-1][pred]).float()  # (N, vocab): only the response positions
+    tok_loss = F.cross_entropy(logits, ids[:, 1:][pred], label_smoothing=label_smoothing, reduction="none")
+    # per-sample mean, then batch mean (T2L_NOTES section 5)
+    per_sample = torch.zeros(ids.shape[0], device=ids.device).index_add(0, pred.nonzero()[:, 0], tok_loss)
+    ce = (per_sample / pred.sum(1).clamp(min=1)).mean()
+    l2 = sum(A.pow(2).mean() + B.pow(2).mean() for A, B in adapters.values())
+    return ce, ce + reg * l2
+
+
+def sample_batch(tasks, names, n_tasks, k, seed):
+    """n tasks x k examples, each with one of its task's descriptions; a function of the seed alone,
+    so a resumed run sees exactly the batches it would have seen."""
+    rng = random.Random(seed)
+    batch = []
+    for name in rng.sample(names, min(n_tasks, len(names))):
+        examples, descs = tasks[name]
+        for ex in rng.sample(examples, min(k, len(examples))):
+            batch.append((ex, (name, rng.randrange(len(descs)))))
+    return batch
+
+
+def lr_at(step, steps, lr, warmup):
+    w = max(1, int(warmup * steps))
+    return lr * (step + 1) / w if step < w else lr * max(0.0, (steps - step) / max(1, steps - w))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=("large", "medium", "small"), default="small")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--tasks-per-batch", type=int, default=8, help="n tasks per step (paper: 8)")
+    p.add_argument("--examples-per-task", type=int, default=1, help="k examples of each (paper: 1)")
+    p.add_argument("--lr", type=float, default=1e-4, help="paper: 2.5e-5 for 1.18M steps; short runs need more")
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps of linear warmup")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--max-len", type=int, default=256, help="tokens per example (paper: 512)")
+    p.add_argument("--descriptions-per-task", type=int, default=128, help="first N generated descriptions (paper: 128)")
+    p.add_argument("--neftune", type=float, default=5.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--reg", type=float, default=1e-3, help="weight of the L2 on generated A and B")
+    p.add_argument("--latent", type=int, default=128)
+    p.add_argument("--dropout", type=float, default=0.05, help="hypernetwork dropout and LoRA input dropout (paper: 0.05)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="base model weights (hypernetwork stays fp32)")
+    p.add_argument("--model", default="assets/models/SmolLM2-135M-Instruct")
+    p.add_argument("--data", default="assets/data")
+    p.add_argument("--out", default=None, help="run folder (default runs/t2l-<size>)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--val-examples", type=int, default=8, help="per held-out task")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    out = args.out or f"runs/t2l-{args.size}"
+
+    ddp = "RANK" in os.environ
+    rank, world = 0, 1
+    if ddp:
+        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(args.device)
+    master = rank == 0
+    log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
+
+    try:
+        model = Transformer.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
+        tok = Tokenizer(args.model)
+        splits = load_splits(args.data)
+        tasks = load_tasks(tok, args.data, splits["train"], args.max_len, args.descriptions_per_task)
+        val_tasks = load_tasks(tok, args.data, splits["heldout"], args.max_len, 0)
+        if not tasks:
+            raise ValueError(f"none of the {len(splits['train'])} training tasks is in {args.data}/sni (run: python prepare.py)")
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    model.requires_grad_(False)
+    names = sorted(tasks)
+    log(f"training tasks: {len(names)} of the {len(splits['train'])} in the paper's split are present; "
+        f"{sum(len(t[0]) for t in tasks.values())} examples; held-out tasks: {len(val_tasks)}")
+
+    # descriptions are embedded once, up front: the encoder never runs in the training step
+    meta = base_model_meta(model, os.path.abspath(args.model))
+    t0 = time.time()
+    names_descs = [(name, j, d) for name, (_, descs) in tasks.items() for j, d in enumerate(descs)]
+    embs = embed_descriptions(model, tok, [d for _, _, d in names_descs], batch_size=64)  # (N, dim)
+    desc_emb = {name: torch.empty(len(descs), embs.shape[1]) for name, (_, descs) in tasks.items()}
+    for (name, j, _), e in zip(names_descs, embs):
+        desc_emb[name][j] = e
+    eval_descs = load_eval_descriptions(args.data)["eval_descriptions"]  # {task: [3 held-out descriptions]}
+    val = []  # fixed validation set: first examples of each held-out task, each with a held-out description
+    for name, (examples, _) in sorted(val_tasks.items()):
+        descs = eval_descs.get(name) or load_descriptions(args.data, name)[:3]
+        e = embed_descriptions(model, tok, descs)
+        val += [(ex, e[i % len(descs)]) for i, ex in enumerate(examples[:args.val_examples])]
+    log(f"embedded {len(embs)} descriptions in {time.time() - t0:.0f}s")
+
+    cfg = HyperConfig(size=args.size, emb_dim=model.config.dim, n_layers=model.config.n_layers,
+                      modules={k: tuple(v) for k, v in model.lora_shapes().items()}, latent=args.latent,
+                      dropout=args.dropout)
+    for layer in model.model.layers:  # the base model has no dropout of its own; LoRA's input dropout is all
+        layer.self_attn.q_proj.dropout = layer.self_attn.v_proj.dropout = args.dropout
+    step = 0
+    if args.resume and os.path.exists(os.path.join(out, "latest")):
+        hypernet, cfg, ck_meta, opt_state, step = load_checkpoint(out, with_optimizer=True, expect_meta=meta)
+        hypernet = hypernet.to(args.device)
+        log(f"resumed from {out} at step {step}")
+    else:
+        torch.manual_seed(args.seed)
+        hypernet, opt_state = HyperNetwork(cfg).to(args.device), None
+    raw = hypernet
+    if ddp:
+        hypernet = torch.nn.parallel.DistributedDataParallel(hypernet)
+    opt = torch.optim.AdamW(raw.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    log(f"hypernetwork {args.size}: {sum(p.numel() for p in raw.parameters()) / 1e6:.2f}M parameters")
+    cuda = args.device.startswith("cuda")
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    run_cfg = {**vars(args), "out": out}
+
+    @torch.no_grad()
+    def validate():
+        hypernet.eval()
+        model.eval()
+        losses = []
+        for b in range(0, len(val), 8):
+            chunk = val[b:b + 8]
+            ids, mask, target = make_batch([ex for ex, _ in chunk], tok.pad_id, args.device)
+            emb = torch.stack([e for _, e in chunk]).to(args.device)
+            with ctx:
+                ce, _ = t2l_loss(model, raw, emb, ids, mask, target, label_smoothing=0.0, reg=0.0)
+            losses.append(ce.item() * len(chunk))
+        hypernet.train()
+        model.train()  # frozen weights; train mode only switches LoRA input dropout on
+        return sum(losses) / len(val)
+
+    if step == 0 and master:
+        v = validate()
+        log(f"step 0 | val loss {v:.4f} (held-out tasks, generated adapters at init)")
+        with open(os.path.join(os.makedirs(out, exist_ok=True) or out, "log.jsonl"), "a") as f:
+            f.write(json.dumps({"step": 0, "val_loss": v}) + "\n")
+    hypernet.train()
+    model.train()
+    t_last, tokens = time.time(), 0
+    while step < args.steps:
+        batch = sample_batch(tasks, names, args.tasks_per_batch, args.examples_per_task, args.seed * 1_000_003 + step)
+        batch = batch[rank::world]  # each process takes its share of the global batch
+        torch.manual_seed(args.seed * 1_000_003 + step * world + rank)  # dropout and NEFTune noise, resumable
+        ids, mask, target = make_batch([ex for ex, _ in batch], tok.pad_id, args.device)
+        emb = torch.stack([desc_emb[name][j] for _, (name, j) in batch]).to(args.device)
+        lr = lr_at(step, args.steps, args.lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with ctx:
+            ce, loss = t2l_loss(model, hypernet, emb, ids, mask, target, args.label_smoothing, args.reg, args.neftune)
+        if not torch.isfinite(loss):
+            print(f"error: loss is {loss.item()} at step {step}; stopping. The last good checkpoint in {out} is kept "
+                  f"(lower --lr, or --dtype fp32)", file=sys.stderr)
+            sys.exit(1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
+        opt.step()
+        step += 1
+        tokens += int(mask.sum()) * world
+        if step % args.log_every == 0 or step == args.steps:
+            dt = time.time() - t_last
+            log(f"step {step} | loss {ce.item():.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
+                f"{tokens / dt:.0f} tok/s | {time.time() - t0:.0f}s")
+            t_last, tokens = time.time(), 0
+        if step % args.eval_every == 0 or step == args.steps:
+            if master:
+                v = validate()
+                log(f"step {step} | val loss {v:.4f}")
+                save_checkpoint(out, raw, cfg, meta, optimizer_state=opt.state_dict(), step=step, run_config=run_cfg)
+                with open(os.path.join(out, "log.jsonl"), "a") as f:
+                    f.write(json.dumps({"step": step, "val_loss": v, "train_loss": ce.item()}) + "\n")
+            if ddp:
+                torch.distributed.barrier()
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
