@@ -2,16 +2,22 @@
 Benchmarks (not tests): numbers printed, with ratios against a baseline measured in the same run.
 
     python bench.py forward   # our forward vs transformers, batch 8 x 256, fp32 and bf16 (same weights)
+    python bench.py train     # T2L training step: our batched per-example LoRA vs the reference's
+                              # per-token copies of A and B; tokens/s and peak memory, same model and batch
+    python bench.py latency   # description -> adapter latency for each hypernetwork size
 
 Uses the prepared default model when present, else random weights of its shapes.
 """
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
 import torch
 
+from lora import LoRALinear, lora_scale
 from model import Transformer
 
 SMOLLM2_135M = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
@@ -59,9 +65,109 @@ def bench_forward(path, batch, seq, reps):
         del ours, hf
 
 
+def per_token_forward(self, x, A=None, B=None, scale=None):
+    # the reference's way (T2L_NOTES section 9): copy each example's A and B once per token, then bmm
+    y = torch.nn.functional.linear(x, self.weight, self.bias)
+    if A is None:
+        return y
+    b, T, d_in = x.shape
+    xd = torch.nn.functional.dropout(x, self.dropout, self.training).reshape(b * T, 1, d_in)
+    A_tok = A.to(x.dtype).repeat_interleave(T, 0)  # (b*T, r, d_in): a copy per token
+    B_tok = B.to(x.dtype).repeat_interleave(T, 0)  # (b*T, d_out, r)
+    h = torch.bmm(torch.bmm(xd, A_tok.transpose(1, 2)), B_tok.transpose(1, 2))  # (b*T, 1, d_out)
+    return y + (scale or lora_scale()) * h.view(b, T, -1)
+
+
+def bench_train_variant(path, variant, size, batch, seq, steps, dtype):
+    """One variant in its own process, so peak memory (max RSS on CPU) belongs to it alone."""
+    from t2l import HyperConfig, HyperNetwork
+    from train import t2l_loss
+    if variant == "reference":
+        LoRALinear.forward = per_token_forward  # benchmark only: emulate the reference's LoRA application
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = Transformer.from_pretrained(path, device=device, dtype=dtype).train()
+    model.requires_grad_(False)
+    net = HyperNetwork(HyperConfig(size, model.config.dim, model.config.n_layers, model.lora_shapes())).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=g).to(device)
+    mask = torch.ones_like(ids)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    target[:, seq // 2:] = True  # loss on the second half, like a prompt + response
+    emb = torch.randn(batch, model.config.dim, generator=g).to(device)
+
+    def step():
+        _, loss = t2l_loss(model, net, emb, ids, mask, target, neftune=5.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    step()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:  # reset the kernel's resident-set high-water mark, so loading the model does not count
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = proc_status("VmRSS")
+    t = timeit(step, warmup=0, reps=steps)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else proc_status("VmHWM")
+    print(f"{batch * seq / t:.1f} {peak - base}")
+
+
+def proc_status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
+def bench_train(path, size, batch, seq, steps):
+    path, what = model_dir(path)
+    print(f"T2L training step ({size}), batch {batch} x {seq} tokens, bf16 base model, {what}, "
+          f"{torch.get_num_threads()} threads; memory: {'CUDA max allocated' if torch.cuda.is_available() else 'peak RSS (VmHWM)'}")
+    res = {}
+    for variant in ("ours", "reference"):
+        out = subprocess.run([sys.executable, __file__, "_train_variant", "--model", path, "--variant", variant,
+                              "--size", size, "--batch", str(batch), "--seq", str(seq), "--reps", str(steps)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        res[variant] = float(out[0]), int(out[1])
+        print(f"  {variant:9s}: {res[variant][0]:7.0f} tok/s   step peak memory above the loaded model "
+              f"{res[variant][1] / 2**20:7.0f} MiB", flush=True)
+    (a, ma), (b, mb) = res["ours"], res["reference"]
+    print(f"  ours vs reference: {a / b:.2f}x the throughput, {ma / mb:.2f}x the peak memory")
+
+
+@torch.no_grad()
+def bench_latency(path, reps):
+    from data import Tokenizer
+    from t2l import HyperConfig, HyperNetwork, embed_descriptions
+    path, what = model_dir(path)
+    model = Transformer.from_pretrained(path, dtype=torch.float32)
+    tok = Tokenizer(path)
+    desc = "Answer grade-school science questions by choosing the letter of the correct option."
+    print(f"description -> adapter latency, {what}, fp32, {torch.get_num_threads()} threads, median of {reps}")
+    for size in ("large", "medium", "small"):
+        net = HyperNetwork(HyperConfig(size, model.config.dim, model.config.n_layers, model.lora_shapes())).eval()
+        t_emb, t_net = [], []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            emb = embed_descriptions(model, tok, [desc])
+            t1 = time.perf_counter()
+            net(emb)
+            t2 = time.perf_counter()
+            t_emb.append(t1 - t0)
+            t_net.append(t2 - t1)
+        med = lambda xs: sorted(xs[1:])[len(xs[1:]) // 2] * 1000
+        n = sum(p.numel() for p in net.parameters())
+        print(f"  {size:6s} ({n / 1e6:5.2f}M params): embedding {med(t_emb):6.1f} ms + hypernetwork {med(t_net):6.1f} ms "
+              f"= {med(t_emb) + med(t_net):6.1f} ms")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("forward",))
+    p.add_argument("what", choices=("forward", "train", "latency", "_train_variant"))
+    p.add_argument("--size", default="large", choices=("large", "medium", "small"))
+    p.add_argument("--variant", default="ours")
     p.add_argument("--model", default="assets/models/SmolLM2-135M-Instruct")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
@@ -69,6 +175,12 @@ def main():
     args = p.parse_args()
     if args.what == "forward":
         bench_forward(args.model, args.batch, args.seq, args.reps)
+    elif args.what == "train":
+        bench_train(args.model, args.size, args.batch, args.seq, args.reps)
+    elif args.what == "latency":
+        bench_latency(args.model, args.reps)
+    else:
+        bench_train_variant(args.model, args.variant, args.size, args.batch, args.seq, args.reps, torch.bfloat16)
 
 
 if __name__ == "__main__":

@@ -128,3 +128,20 @@ def test_bad_checkpoints(breakage, msg, tmp_path):
         st.write_bytes(st.read_bytes()[:1000])
     with pytest.raises((ValueError, FileNotFoundError), match=msg):
         Transformer.from_pretrained(tmp_path)
+
+
+def test_real_default_model_matches_transformers(model_dir):
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ours = Transformer.from_pretrained(model_dir)
+    from data import Tokenizer
+    tok = Tokenizer(model_dir)
+    text = tok.chat([{"role": "user", "content": "What is the capital of France? Answer in one word."}])
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        ref = hf(ids).logits
+        got = ours(ids)
+        assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-4
+        gen_ref = hf.generate(ids, max_new_tokens=32, do_sample=False, min_new_tokens=32, eos_token_id=None,
+                              pad_token_id=tok.pad_id)[:, ids.shape[1]:]
+    assert torch.equal(ours.generate(ids, max_new_tokens=32), gen_ref)
+    assert "Paris" in tok.decode(gen_ref[0].tolist())
