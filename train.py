@@ -17,13 +17,15 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from data import Tokenizer, load_descriptions, load_eval_descriptions, load_splits, load_sni_task, sni_prompt
 from model import Transformer
-from t2l import HyperConfig, HyperNetwork, base_model_meta, embed_descriptions, load_checkpoint, save_checkpoint
+from t2l import (EmbeddingCache, HyperConfig, HyperNetwork, base_model_meta, embed_descriptions, load_checkpoint,
+                 save_checkpoint)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -161,18 +163,20 @@ def main():
     # descriptions are embedded once, up front: the encoder never runs in the training step
     meta = base_model_meta(model, os.path.abspath(args.model))
     t0 = time.time()
-    names_descs = [(name, j, d) for name, (_, descs) in tasks.items() for j, d in enumerate(descs)]
-    embs = embed_descriptions(model, tok, [d for _, _, d in names_descs], batch_size=64)  # (N, dim)
-    desc_emb = {name: torch.empty(len(descs), embs.shape[1]) for name, (_, descs) in tasks.items()}
-    for (name, j, _), e in zip(names_descs, embs):
-        desc_emb[name][j] = e
+    cache = EmbeddingCache(partial(embed_descriptions, model, tok, batch_size=64),
+                           os.path.join(out, "descriptions.safetensors"), tag=f"{model.config.name}/{args.dtype}")
+    cache([d for _, descs in tasks.values() for d in descs])  # one pass over all of them: batched, sorted by length
+    desc_emb = {name: cache(descs) for name, (_, descs) in tasks.items()}  # {task: (n_desc, dim)}
+    if master:  # kept in the run folder: a resumed run does not embed again
+        os.makedirs(out, exist_ok=True)
+        cache.save(os.path.join(out, "descriptions.safetensors"))
     eval_descs = load_eval_descriptions(args.data)["eval_descriptions"]  # {task: [3 held-out descriptions]}
     val = []  # fixed validation set: first examples of each held-out task, each with a held-out description
     for name, (examples, _) in sorted(val_tasks.items()):
         descs = eval_descs.get(name) or load_descriptions(args.data, name)[:3]
         e = embed_descriptions(model, tok, descs)
         val += [(ex, e[i % len(descs)]) for i, ex in enumerate(examples[:args.val_examples])]
-    log(f"embedded {len(embs)} descriptions in {time.time() - t0:.0f}s")
+    log(f"embedded {len(cache.table)} descriptions in {time.time() - t0:.0f}s")
 
     cfg = HyperConfig(size=args.size, emb_dim=model.config.dim, n_layers=model.config.n_layers,
                       modules={k: tuple(v) for k, v in model.lora_shapes().items()}, latent=args.latent,

@@ -97,3 +97,27 @@ def test_cli_end_to_end(model_dir, data_dir, tmp_path):
     assert all(r["n"] == 5 and 0 <= r["accuracy"] <= 1 and r["scoring"] == "mc" and r["dtype"] == "bf16" for r in res)
     code, _, err = run("--task", "openbookqa", "--limit", "100000", "--model", str(model_dir), "--data", str(data_dir))
     assert code == 0 and "beyond the split (500); using all of it" in err
+
+
+def test_t2l_at_init_scores_like_the_base_model(real, model_dir, data_dir, tmp_path):
+    # bias-HyperInit: a fresh `large` hypernetwork emits B = 0, so the scores must be the base model's
+    from lora import set_adapters
+    from t2l import HyperConfig, HyperNetwork, base_model_meta, embed_descriptions, save_checkpoint
+    model, tok = real
+    net = HyperNetwork(HyperConfig("large", model.config.dim, model.config.n_layers, model.lora_shapes()))
+    save_checkpoint(tmp_path / "run", net, net.cfg, base_model_meta(model))
+    docs = load_benchmark("arc_challenge", data_dir, limit=N)
+    with torch.no_grad():
+        base = ev.cloze_logliks(model, tok, "arc_challenge", docs, 4, "cpu", lambda n: None)
+        lora = net.eval()(embed_descriptions(model, tok, ["Pick the right answer to a science question."]))
+        set_adapters(model, {k: (A[0], B[0]) for k, (A, B) in lora.items()})
+        same = ev.cloze_logliks(model, tok, "arc_challenge", docs, 4, "cpu", lambda n: None)
+        set_adapters(model, {k: (A[0], torch.randn_like(B[0]) * 0.01) for k, (A, B) in lora.items()})
+        other = ev.cloze_logliks(model, tok, "arc_challenge", docs, 4, "cpu", lambda n: None)
+        set_adapters(model, None)
+    assert same == base and other != base
+    res = ev.main(["--task", "arc_challenge", "--limit", "2", "--model", str(model_dir),
+                   "--data", str(data_dir), "--t2l", str(tmp_path / "run"), "--controls"])
+    t2l_runs = [r for r in res if r["adapter"] == "t2l"]
+    assert len(t2l_runs) == 3 and len([r for r in res if r["adapter"] == "t2l-nonsense"]) == 3
+    assert [r for r in res if r["adapter"] == "t2l-mean"][0]["accuracy"] == sum(r["accuracy"] for r in t2l_runs) / 3
