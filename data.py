@@ -14,6 +14,7 @@ The files are written by `python prepare.py`; this module only reads them:
 
     python data.py arc_easy            # print the first item of a task in both renderings
 """
+import argparse
 import gzip
 import json
 import os
@@ -22,6 +23,14 @@ import sys
 
 # --------------------------------------------------------------------------------------------
 # tokenizer
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for every t2l command line: a bad argument is one `error:` line, not a usage block."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 class Tokenizer:

@@ -25,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data import TASKS, Tokenizer, cloze_item, load_benchmark, load_eval_descriptions, mc_item
+from data import TASKS, Parser, Tokenizer, cloze_item, load_benchmark, load_eval_descriptions, mc_item
 from lora import load_adapter, set_adapters
 from model import KVCache, Transformer
 from t2l import embed_descriptions, load_checkpoint
@@ -221,12 +221,6 @@ def limit_arg(s):
     if v <= 0:
         raise argparse.ArgumentTypeError(f"--limit must be positive, got {v}")
     return v
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv=None):

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 import zipfile
 
-from data import FIELDS, SPLITS, TASKS, load_sni_task, problem, read_json, read_jsonl
+from data import FIELDS, SPLITS, TASKS, Parser, load_sni_task, problem, read_json, read_jsonl
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HUB = "https://huggingface.co"
@@ -363,24 +363,19 @@ def _choices(q):
     return {"text": [c["text"] for c in q["choices"]], "label": [c["label"] for c in q["choices"]]}
 
 
-def convert_arc(lines):
-    # ARC-V1-Feb2018: {"id", "question": {"stem", "choices": [{"text", "label"}]}, "answerKey"}
+def convert_arc(lines, stem_column="question"):
+    # ARC-V1-Feb2018: {"id", "question": {"stem", "choices": [{"text", "label"}]}, "answerKey"};
+    # OpenBookQA-V1-Sep2018 Data/Main has the same layout, and its HF column is `question_stem`
     out = []
     for line in lines:
         d = json.loads(line)
-        out.append({"id": d["id"], "question": d["question"]["stem"], "choices": _choices(d["question"]),
+        out.append({"id": d["id"], stem_column: d["question"]["stem"], "choices": _choices(d["question"]),
                     "answerKey": d["answerKey"]})
     return out
 
 
 def convert_openbookqa(lines):
-    # OpenBookQA-V1-Sep2018 Data/Main: same layout as ARC; the HF column is `question_stem`
-    out = []
-    for line in lines:
-        d = json.loads(line)
-        out.append({"id": d["id"], "question_stem": d["question"]["stem"], "choices": _choices(d["question"]),
-                    "answerKey": d["answerKey"]})
-    return out
+    return convert_arc(lines, stem_column="question_stem")
 
 
 def convert_boolq(lines):
@@ -490,12 +485,6 @@ def prepare_data(assets, data_from, offline):
     if offline:
         raise Fail(f"no data in {dst} and --offline: pass --data-from DIR (a folder laid out like the shared data)")
     download_benchmarks(dst, os.path.join(assets, "cache"))
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv=None):

@@ -10,7 +10,6 @@ I/O, and a CLI that writes a PEFT adapter for one description:
 
     python t2l.py --ckpt runs/t2l --out out/adapter "Classify the sentiment of a movie review."
 """
-import argparse
 import json
 import math
 import os
@@ -322,7 +321,8 @@ def load_checkpoint(run_dir, model=None, device="cpu", expect_meta=None, with_op
 # --------------------------------------------------------------------------- CLI
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Generate a LoRA adapter (PEFT format) from a task description.")
+    from data import Parser
+    ap = Parser(description="Generate a LoRA adapter (PEFT format) from a task description.")
     ap.add_argument("description", help="the task description, in plain text")
     ap.add_argument("--ckpt", required=True, help="run folder with hypernet.safetensors + config.json (from train.py)")
     ap.add_argument("--out", required=True, help="folder to write adapter_config.json + adapter_model.safetensors to")

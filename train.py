@@ -9,7 +9,6 @@ the next-token loss on the response trains only the hypernetwork.
     python train.py --size large --steps 2000 --out runs/t2l-large --resume
     torchrun --nproc_per_node 2 train.py --size small  # data parallel (gloo on CPU, nccl on GPU)
 """
-import argparse
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from data import Tokenizer, load_descriptions, load_eval_descriptions, load_splits, load_sni_task, sni_prompt
+from data import Parser, Tokenizer, load_descriptions, load_eval_descriptions, load_splits, load_sni_task, sni_prompt
 from model import Transformer
 from t2l import (EmbeddingCache, HyperConfig, HyperNetwork, base_model_meta, embed_descriptions, load_checkpoint,
                  save_checkpoint)
@@ -105,7 +104,7 @@ def lr_at(step, steps, lr, warmup):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=("large", "medium", "small"), default="small")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--tasks-per-batch", type=int, default=8, help="n tasks per step (paper: 8)")
