@@ -98,6 +98,13 @@ def sample_batch(tasks, names, n_tasks, k, seed):
     return batch
 
 
+def positive(s):
+    v = int(s)
+    if v <= 0:
+        raise ValueError(s)
+    return v
+
+
 def lr_at(step, steps, lr, warmup):
     w = max(1, int(warmup * steps))
     return lr * (step + 1) / w if step < w else lr * max(0.0, (steps - step) / max(1, steps - w))
@@ -106,14 +113,14 @@ def lr_at(step, steps, lr, warmup):
 def main():
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=("large", "medium", "small"), default="small")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--tasks-per-batch", type=int, default=8, help="n tasks per step (paper: 8)")
-    p.add_argument("--examples-per-task", type=int, default=1, help="k examples of each (paper: 1)")
+    p.add_argument("--steps", type=positive, default=1000)
+    p.add_argument("--tasks-per-batch", type=positive, default=8, help="n tasks per step (paper: 8)")
+    p.add_argument("--examples-per-task", type=positive, default=1, help="k examples of each (paper: 1)")
     p.add_argument("--lr", type=float, default=1e-4, help="paper: 2.5e-5 for 1.18M steps; short runs need more")
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps of linear warmup")
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--max-len", type=int, default=256, help="tokens per example (paper: 512)")
-    p.add_argument("--descriptions-per-task", type=int, default=128, help="first N generated descriptions (paper: 128)")
+    p.add_argument("--max-len", type=positive, default=256, help="tokens per example (paper: 512)")
+    p.add_argument("--descriptions-per-task", type=positive, default=128, help="first N generated descriptions (paper: 128)")
     p.add_argument("--neftune", type=float, default=5.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--reg", type=float, default=1e-3, help="weight of the L2 on generated A and B")
@@ -125,9 +132,9 @@ def main():
     p.add_argument("--data", default="assets/data")
     p.add_argument("--out", default=None, help="run folder (default runs/t2l-<size>)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--val-examples", type=int, default=8, help="per held-out task")
+    p.add_argument("--log-every", type=positive, default=10)
+    p.add_argument("--eval-every", type=positive, default=100)
+    p.add_argument("--val-examples", type=positive, default=8, help="per held-out task")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     out = args.out or f"runs/t2l-{args.size}"
@@ -143,53 +150,62 @@ def main():
     master = rank == 0
     log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
 
+    latest = os.path.join(out, "latest")
     try:
+        if os.path.exists(latest) and not args.resume:
+            raise ValueError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+        if (args.tasks_per_batch * args.examples_per_task) % world:
+            raise ValueError(f"the global batch ({args.tasks_per_batch} x {args.examples_per_task}) must split evenly "
+                             f"over {world} processes")
         model = Transformer.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
+        model.requires_grad_(False)
+        meta = base_model_meta(model, os.path.abspath(args.model))
+        step, opt_state = 0, None
+        if args.resume and os.path.exists(latest):  # refuse a checkpoint of another base model before anything else
+            hypernet, cfg, _, opt_state, step = load_checkpoint(out, with_optimizer=True, expect_meta=meta)
+            hypernet = hypernet.to(args.device).train()
+        elif args.resume:
+            log(f"no checkpoint in {out} yet: starting from scratch")
         tok = Tokenizer(args.model)
         splits = load_splits(args.data)
         tasks = load_tasks(tok, args.data, splits["train"], args.max_len, args.descriptions_per_task)
         val_tasks = load_tasks(tok, args.data, splits["heldout"], args.max_len, 0)
         if not tasks:
             raise ValueError(f"none of the {len(splits['train'])} training tasks is in {args.data}/sni (run: python prepare.py)")
+        names = sorted(tasks)
+        log(f"training tasks: {len(names)} of the {len(splits['train'])} in the paper's split are present; "
+            f"{sum(len(t[0]) for t in tasks.values())} examples; held-out tasks: {len(val_tasks)}")
+
+        # descriptions are embedded once, up front: the encoder never runs in the training step
+        t0 = time.time()
+        cache = EmbeddingCache(partial(embed_descriptions, model, tok, batch_size=64),
+                               os.path.join(out, "descriptions.safetensors"), tag=f"{meta['model_path']}/{args.dtype}")
+        cache([d for _, descs in tasks.values() for d in descs])  # one pass over all of them: batched, sorted by length
+        desc_emb = {name: cache(descs) for name, (_, descs) in tasks.items()}  # {task: (n_desc, dim)}
+        if master:  # kept in the run folder: a resumed run does not embed again
+            os.makedirs(out, exist_ok=True)
+            cache.save(os.path.join(out, "descriptions.safetensors"))
+        eval_descs = load_eval_descriptions(args.data)["eval_descriptions"]  # {task: [3 held-out descriptions]}
+        val = []  # fixed validation set: first examples of each held-out task, each with a held-out description
+        for name, (examples, _) in sorted(val_tasks.items()):
+            descs = eval_descs.get(name) or load_descriptions(args.data, name)[:3]
+            e = embed_descriptions(model, tok, descs)
+            val += [(ex, e[i % len(descs)]) for i, ex in enumerate(examples[:args.val_examples])]
+        log(f"embedded {len(cache.table)} descriptions in {time.time() - t0:.0f}s")
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    model.requires_grad_(False)
-    names = sorted(tasks)
-    log(f"training tasks: {len(names)} of the {len(splits['train'])} in the paper's split are present; "
-        f"{sum(len(t[0]) for t in tasks.values())} examples; held-out tasks: {len(val_tasks)}")
 
-    # descriptions are embedded once, up front: the encoder never runs in the training step
-    meta = base_model_meta(model, os.path.abspath(args.model))
-    t0 = time.time()
-    cache = EmbeddingCache(partial(embed_descriptions, model, tok, batch_size=64),
-                           os.path.join(out, "descriptions.safetensors"), tag=f"{model.config.name}/{args.dtype}")
-    cache([d for _, descs in tasks.values() for d in descs])  # one pass over all of them: batched, sorted by length
-    desc_emb = {name: cache(descs) for name, (_, descs) in tasks.items()}  # {task: (n_desc, dim)}
-    if master:  # kept in the run folder: a resumed run does not embed again
-        os.makedirs(out, exist_ok=True)
-        cache.save(os.path.join(out, "descriptions.safetensors"))
-    eval_descs = load_eval_descriptions(args.data)["eval_descriptions"]  # {task: [3 held-out descriptions]}
-    val = []  # fixed validation set: first examples of each held-out task, each with a held-out description
-    for name, (examples, _) in sorted(val_tasks.items()):
-        descs = eval_descs.get(name) or load_descriptions(args.data, name)[:3]
-        e = embed_descriptions(model, tok, descs)
-        val += [(ex, e[i % len(descs)]) for i, ex in enumerate(examples[:args.val_examples])]
-    log(f"embedded {len(cache.table)} descriptions in {time.time() - t0:.0f}s")
-
-    cfg = HyperConfig(size=args.size, emb_dim=model.config.dim, n_layers=model.config.n_layers,
-                      modules={k: tuple(v) for k, v in model.lora_shapes().items()}, latent=args.latent,
-                      dropout=args.dropout)
     for layer in model.model.layers:  # the base model has no dropout of its own; LoRA's input dropout is all
         layer.self_attn.q_proj.dropout = layer.self_attn.v_proj.dropout = args.dropout
-    step = 0
-    if args.resume and os.path.exists(os.path.join(out, "latest")):
-        hypernet, cfg, ck_meta, opt_state, step = load_checkpoint(out, with_optimizer=True, expect_meta=meta)
-        hypernet = hypernet.to(args.device)
+    if step:
         log(f"resumed from {out} at step {step}")
     else:
+        cfg = HyperConfig(size=args.size, emb_dim=model.config.dim, n_layers=model.config.n_layers,
+                          modules={k: tuple(v) for k, v in model.lora_shapes().items()}, latent=args.latent,
+                          dropout=args.dropout)
         torch.manual_seed(args.seed)
-        hypernet, opt_state = HyperNetwork(cfg).to(args.device), None
+        hypernet = HyperNetwork(cfg).to(args.device)
     raw = hypernet
     if ddp:
         hypernet = torch.nn.parallel.DistributedDataParallel(hypernet)
@@ -203,6 +219,8 @@ def main():
 
     @torch.no_grad()
     def validate():
+        if not val:
+            return None
         hypernet.eval()
         model.eval()
         losses = []
@@ -217,14 +235,27 @@ def main():
         model.train()  # frozen weights; train mode only switches LoRA input dropout on
         return sum(losses) / len(val)
 
-    if step == 0 and master:
+    def stop(what):
+        kept = f"the last good checkpoint (step {saved}) in {out} is kept" if saved is not None else "nothing was saved"
+        print(f"error: {what} at step {step}; stopping: {kept} (try a lower --lr)", file=sys.stderr)
+        sys.exit(1)
+
+    def checkpoint(train_loss):
         v = validate()
-        log(f"step 0 | val loss {v:.4f} (held-out tasks, generated adapters at init)")
-        with open(os.path.join(os.makedirs(out, exist_ok=True) or out, "log.jsonl"), "a") as f:
-            f.write(json.dumps({"step": 0, "val_loss": v}) + "\n")
+        if v is not None and not math.isfinite(v):
+            stop(f"validation loss is {v}")
+        log(f"step {step} | val loss {v if v is None else round(v, 4)}")
+        save_checkpoint(out, raw, cfg, meta, optimizer_state=opt.state_dict(), step=step, run_config=run_cfg)
+        with open(os.path.join(out, "log.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "val_loss": v, "train_loss": train_loss}) + "\n")
+        return step
+
+    saved = step if step else None
+    if step == 0 and master:  # the initial network is a good checkpoint too (at init it is the base model for L)
+        saved = checkpoint(None)
     hypernet.train()
     model.train()
-    t_last, tokens = time.time(), 0
+    t_last, tokens = time.time(), torch.zeros(())
     while step < args.steps:
         batch = sample_batch(tasks, names, args.tasks_per_batch, args.examples_per_task, args.seed * 1_000_003 + step)
         batch = batch[rank::world]  # each process takes its share of the global batch
@@ -236,28 +267,30 @@ def main():
             g["lr"] = lr
         with ctx:
             ce, loss = t2l_loss(model, hypernet, emb, ids, mask, target, args.label_smoothing, args.reg, args.neftune)
-        if not torch.isfinite(loss):
-            print(f"error: loss is {loss.item()} at step {step}; stopping. The last good checkpoint in {out} is kept "
-                  f"(lower --lr, or --dtype fp32)", file=sys.stderr)
-            sys.exit(1)
+        bad = (~torch.isfinite(loss.detach())).float()
+        if ddp:  # every process stops together, none is left waiting in an all-reduce
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item():
+            stop(f"loss is {loss.item()}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
         opt.step()
         step += 1
-        tokens += int(mask.sum()) * world
+        tokens += mask.sum().cpu()
         if step % args.log_every == 0 or step == args.steps:
+            stats = torch.stack([ce.detach().float().cpu(), tokens.float()]).to(args.device)
+            if ddp:  # mean loss and total tokens over all processes
+                torch.distributed.all_reduce(stats)
+                stats[0] /= world
             dt = time.time() - t_last
-            log(f"step {step} | loss {ce.item():.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
-                f"{tokens / dt:.0f} tok/s | {time.time() - t0:.0f}s")
-            t_last, tokens = time.time(), 0
+            loss_avg, n_tokens = stats.tolist()
+            log(f"step {step} | loss {loss_avg:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
+                f"{n_tokens / dt:.0f} tok/s | {time.time() - t0:.0f}s")
+            t_last, tokens = time.time(), torch.zeros(())
         if step % args.eval_every == 0 or step == args.steps:
             if master:
-                v = validate()
-                log(f"step {step} | val loss {v:.4f}")
-                save_checkpoint(out, raw, cfg, meta, optimizer_state=opt.state_dict(), step=step, run_config=run_cfg)
-                with open(os.path.join(out, "log.jsonl"), "a") as f:
-                    f.write(json.dumps({"step": step, "val_loss": v, "train_loss": ce.item()}) + "\n")
+                saved = checkpoint(round(ce.item(), 4))
             if ddp:
                 torch.distributed.barrier()
     if ddp:

@@ -171,8 +171,6 @@ def test_non_finite_loss_stops_with_one_line(nan_run):
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
-@pytest.mark.xfail(strict=True, reason="train.py saves the checkpoint of an eval step even when its val loss is NaN "
-                                       "(lr 1e30: step-000001 has val_loss NaN), and 'latest' names it")
 def test_kept_checkpoint_has_finite_val_loss(nan_run):
     r, out = nan_run
     step = latest_step(out)
@@ -219,8 +217,6 @@ def test_data_without_sni_files(tiny):
     assert "none of the 4 training tasks" in one_error_line(r)
 
 
-@pytest.mark.xfail(strict=True, reason="train.py builds the EmbeddingCache (tag mismatch) and calls load_checkpoint "
-                                       "(base-model mismatch) outside its try/except: a traceback, not one line")
 def test_resume_with_another_base_model(tiny, model_dir):
     root = tiny["root"]
     small = tiny_model(root / "tiny16", 16, model_dir)
