@@ -150,6 +150,10 @@ class HyperNetwork(nn.Module):
 def prepare_description(text):
     if not isinstance(text, str):
         raise TypeError(f"a task description must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")  # command-line bytes that are not UTF-8 arrive as lone surrogates
+    except UnicodeEncodeError:
+        raise ValueError("the description is not valid UTF-8 text") from None
     text = text.strip()
     if not text:
         raise ValueError("empty description")

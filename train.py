@@ -163,6 +163,8 @@ def main():
         step, opt_state = 0, None
         if args.resume and os.path.exists(latest):  # refuse a checkpoint of another base model before anything else
             hypernet, cfg, _, opt_state, step = load_checkpoint(out, with_optimizer=True, expect_meta=meta)
+            if cfg.size != args.size:
+                raise ValueError(f"{out} holds a '{cfg.size}' hypernetwork, not '{args.size}': pass --size {cfg.size}")
             hypernet = hypernet.to(args.device).train()
         elif args.resume:
             log(f"no checkpoint in {out} yet: starting from scratch")

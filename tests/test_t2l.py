@@ -162,6 +162,9 @@ def test_prepare_description():
             t2l.prepare_description(bad)
     with pytest.raises(TypeError):
         t2l.prepare_description(None)
+    bad_bytes = b"r\xe9sum\xe9 the text".decode("utf-8", "surrogateescape")  # Latin-1 bytes on a command line
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        t2l.prepare_description(bad_bytes)
 
 
 def test_embed_descriptions_is_last_token_and_padding_free():

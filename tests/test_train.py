@@ -224,6 +224,10 @@ def test_resume_with_another_base_model(tiny, model_dir):
     ok(run("train.py", *tiny["common"], "--model", small, "--steps", 1, "--eval-every", 1, "--out", out))
     r = run("train.py", *tiny["common"], "--steps", 2, "--resume", "--out", out)
     assert "base model" in one_error_line(r)
+    r = run("train.py", *tiny["common"], "--model", small, "--size", "large", "--steps", 2, "--resume", "--out", out)
+    assert "pass --size" in one_error_line(r)  # a checkpoint of another hypernetwork size
+    r = run("train.py", *tiny["common"], "--model", small, "--steps", 2, "--out", out)
+    assert "already holds a run" in one_error_line(r)  # a fresh run never overwrites a saved one
 
 
 def test_t2l_cli_empty_description(tiny):
