@@ -145,10 +145,11 @@ def bench_latency(path, reps):
     from data import Tokenizer
     from t2l import HyperConfig, HyperNetwork, embed_descriptions
     path, what = model_dir(path)
-    model = Transformer.from_pretrained(path, dtype=torch.float32)
+    model = Transformer.from_pretrained(path, dtype=torch.bfloat16)  # as train.py, eval.py and t2l.py embed
     tok = Tokenizer(path)
     desc = "Answer grade-school science questions by choosing the letter of the correct option."
-    print(f"description -> adapter latency, {what}, fp32, {torch.get_num_threads()} threads, median of {reps}")
+    print(f"description -> adapter latency, {what}, bf16 base model, fp32 hypernetwork, "
+          f"{torch.get_num_threads()} threads, median of {reps}")
     for size in ("large", "medium", "small"):
         net = HyperNetwork(HyperConfig(size, model.config.dim, model.config.n_layers, model.lora_shapes())).eval()
         t_emb, t_net = [], []

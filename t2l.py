@@ -332,6 +332,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="folder to write adapter_config.json + adapter_model.safetensors to")
     ap.add_argument("--model", default=None, help="base model folder (default: model_path in the checkpoint)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
+                    help="base model dtype for the embedding (train.py and eval.py default to bf16 too)")
     args = ap.parse_args(argv)
     try:
         prepare_description(args.description)  # fail before loading anything
@@ -342,7 +344,8 @@ def main(argv=None):
         path = args.model or meta.get("model_path")
         if not path:
             raise ValueError(f"the checkpoint in {args.ckpt} does not name its base model: pass --model PATH")
-        model = Transformer.from_pretrained(path, device=args.device)
+        model = Transformer.from_pretrained(path, device=args.device,
+                                            dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
         check_base_model(cfg, meta, base_model_meta(model))
         if cfg.emb_dim != model.config.dim:
             raise ValueError(f"the hypernetwork reads {cfg.emb_dim}-d embeddings from another encoder; this CLI embeds with the base model ({model.config.dim}-d)")
