@@ -307,7 +307,7 @@ def test_cli_writes_the_adapter_the_hypernetwork_generates(tmp_path, capsys):
     randomize(net, seed=5)  # a trained-looking hypernetwork: the adapter changes the model
     t2l.save_checkpoint(tmp_path / "run", net, cfg, t2l.base_model_meta(model, model_path=model_dir, lora_alpha=16))
     desc = "Translate the sentence from English to French"
-    rc = t2l.main(["--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "adapter"), desc])
+    rc = t2l.main(["--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "adapter"), "--dtype", "fp32", desc])
     out = capsys.readouterr().out
     assert rc == 0 and "embedding" in out and "hypernetwork" in out and " ms" in out
     # the exported adapter, applied as a static LoRA, equals the per-example adapter from the hypernetwork
