@@ -95,8 +95,12 @@ def test_cli_end_to_end(model_dir, data_dir, tmp_path):
     res = json.loads(out.read_text())["results"]
     assert [r["task"] for r in res] == ["openbookqa", "boolq"]
     assert all(r["n"] == 5 and 0 <= r["accuracy"] <= 1 and r["scoring"] == "mc" and r["dtype"] == "bf16" for r in res)
-    code, _, err = run("--task", "openbookqa", "--limit", "100000", "--model", str(model_dir), "--data", str(data_dir))
-    assert code == 0 and "beyond the split (500); using all of it" in err
+    small = tmp_path / "data" / "benchmarks" / "openbookqa"  # a 3-question split, to go beyond cheaply
+    small.mkdir(parents=True)
+    lines = (data_dir / "benchmarks" / "openbookqa" / "test.jsonl").read_text().splitlines()[:3]
+    (small / "test.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = run("--task", "openbookqa", "--limit", "10", "--model", str(model_dir), "--data", str(tmp_path / "data"))
+    assert code == 0 and "beyond the split (3); using all of it" in err
 
 
 def test_t2l_at_init_scores_like_the_base_model(real, model_dir, data_dir, tmp_path):
