@@ -99,11 +99,6 @@ def set_adapters(model, adapters, r=R, alpha=ALPHA, rslora=True):
                 mod.add_adapter(r, alpha, rslora, A=A[i].detach(), B=B[i].detach())
 
 
-def mark_only_lora_as_trainable(model):
-    for name, p in model.named_parameters():
-        p.requires_grad = "lora_" in name
-
-
 # --------------------------------------------------------------------------- PEFT format
 
 def _peft_key(layer, module, which):
