@@ -5,11 +5,13 @@ Benchmarks (not tests): numbers printed, with ratios against a baseline measured
     python bench.py train     # T2L training step: our batched per-example LoRA vs the reference's
                               # per-token copies of A and B; tokens/s and peak memory, same model and batch
     python bench.py latency   # description -> adapter latency for each hypernetwork size
+    python bench.py profile   # where the forward's time goes, per ATen operator, ours vs transformers
 
 Uses the prepared default model when present, else random weights of its shapes.
 """
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,14 +56,18 @@ def bench_forward(path, batch, seq, reps):
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         ours = Transformer.from_pretrained(path, dtype=dt)
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=dt).eval()
-        # interleave the two so that machine noise hits both alike
+        # interleave the two, alternating which goes first, so that machine noise hits both alike; the
+        # ratio is the median of the per-pair ratios, the throughputs are each side's best repetition
         t_ours, t_hf = [], []
-        for _ in range(reps):
-            t_ours.append(timeit(lambda: ours(ids), reps=1))
-            t_hf.append(timeit(lambda: hf(ids).logits, reps=1))
-        a, b = min(t_ours), min(t_hf)
-        print(f"  {name}: ours {batch * seq / a:7.0f} tok/s   transformers {batch * seq / b:7.0f} tok/s   "
-              f"ratio {b / a:.2f}x", flush=True)
+        for r in range(reps + 1):
+            pair = [(t_ours, lambda: ours(ids)), (t_hf, lambda: hf(ids).logits)]
+            for times, fn in (pair if r % 2 == 0 else pair[::-1]):
+                times.append(timeit(fn, warmup=0, reps=1))
+        t_ours, t_hf = t_ours[1:], t_hf[1:]  # the first pair warms up
+        ratios = sorted(b / a for a, b in zip(t_ours, t_hf))
+        print(f"  {name}: ours {batch * seq / min(t_ours):7.0f} tok/s   transformers {batch * seq / min(t_hf):7.0f} tok/s   "
+              f"ratio {statistics.median(ratios):.2f}x (median of {reps} pairs; range {ratios[0]:.2f}-{ratios[-1]:.2f})",
+              flush=True)
         del ours, hf
 
 
@@ -167,9 +173,33 @@ def bench_latency(path, reps):
               f"= {med(t_emb) + med(t_net):6.1f} ms")
 
 
+@torch.no_grad()
+def bench_profile(path, batch, seq, reps, dtype=torch.bfloat16):
+    from collections import Counter
+    from torch.profiler import profile
+    from transformers import AutoModelForCausalLM
+    path, what = model_dir(path)
+    print(f"operator time of {reps} forwards, batch {batch} x {seq}, bf16, {what}, {torch.get_num_threads()} threads")
+    ids = torch.randint(0, 49152, (batch, seq), generator=torch.Generator().manual_seed(0))
+    models = {"ours": Transformer.from_pretrained(path, dtype=dtype),
+              "transformers": AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()}
+    ms = {name: Counter() for name in models}
+    for r in range(reps + 1):  # interleaved; the first round warms up
+        for name, m in models.items():
+            with profile() as prof:
+                m(ids)
+            if r:
+                for e in prof.key_averages():
+                    ms[name][e.key] += e.self_cpu_time_total / 1000
+    ours, hf = ms["ours"], ms["transformers"]
+    for op, t in ours.most_common(8):
+        print(f"  {op[:48]:48s} ours {t:8.1f} ms   transformers {hf[op]:8.1f} ms")
+    print(f"  {'all operators':48s} ours {sum(ours.values()):8.1f} ms   transformers {sum(hf.values()):8.1f} ms")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("forward", "train", "latency", "_train_variant"))
+    p.add_argument("what", choices=("forward", "train", "latency", "profile", "_train_variant"))
     p.add_argument("--size", default="large", choices=("large", "medium", "small"))
     p.add_argument("--variant", default="ours")
     p.add_argument("--model", default="assets/models/SmolLM2-135M-Instruct")
@@ -183,6 +213,8 @@ def main():
         bench_train(args.model, args.size, args.batch, args.seq, args.reps)
     elif args.what == "latency":
         bench_latency(args.model, args.reps)
+    elif args.what == "profile":
+        bench_profile(args.model, args.batch, args.seq, args.reps)
     else:
         bench_train_variant(args.model, args.variant, args.size, args.batch, args.seq, args.reps, torch.bfloat16)
 
