@@ -245,6 +245,14 @@ def main(argv=None):
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         p.error(f"unknown task '{unknown[0]}' (choose from {', '.join(TASKS)} or 'all')")
+    if args.out:  # check before the run, not after it: a long evaluation must not end in "cannot write"
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            p.error(f"cannot create the folder of --out '{args.out}': {e.strerror}")
+        if not os.access(out_dir, os.W_OK) or os.path.isdir(args.out):
+            p.error(f"cannot write --out '{args.out}'")
     try:
         torch.manual_seed(0)
         model = Transformer.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])

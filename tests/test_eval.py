@@ -81,6 +81,8 @@ def run(*args, cwd=None):
     (["--task", "arc_easy", "--limit", "-3"], "--limit must be positive"),
     (["--task", "arc_easy", "--limit", "ten"], "--limit must be a whole number"),
     (["--task", "arc_easy", "--model", "/nonexistent"], "no config.json"),
+    (["--task", "arc_easy", "--out", "eval.py/r.json"], "cannot create the folder of --out"),  # under a file
+    (["--task", "arc_easy", "--out", "tests"], "cannot write --out 'tests'"),  # a folder
 ])
 def test_cli_bad_input(args, msg):
     code, out, err = run(*args)
@@ -88,7 +90,7 @@ def test_cli_bad_input(args, msg):
 
 
 def test_cli_end_to_end(model_dir, data_dir, tmp_path):
-    out = tmp_path / "r.json"
+    out = tmp_path / "new" / "folder" / "r.json"  # --out creates its folder
     code, stdout, err = run("--task", "openbookqa,boolq", "--limit", "5", "--model", str(model_dir), "--data", str(data_dir),
                             "--out", str(out))
     assert code == 0, err
