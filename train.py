@@ -182,7 +182,10 @@ def main():
         t0 = time.time()
         cache = EmbeddingCache(partial(embed_descriptions, model, tok, batch_size=64),
                                os.path.join(out, "descriptions.safetensors"), tag=f"{meta['model_path']}/{args.dtype}")
-        cache([d for _, descs in tasks.values() for d in descs])  # one pass over all of them: batched, sorted by length
+        todo = [d for _, descs in tasks.values() for d in descs]
+        for i in range(0, len(todo), 2048):  # batched and sorted by length within each chunk; a line per chunk
+            cache(todo[i:i + 2048])
+            log(f"embedding descriptions: {min(i + 2048, len(todo))}/{len(todo)}, {time.time() - t0:.0f}s")
         desc_emb = {name: cache(descs) for name, (_, descs) in tasks.items()}  # {task: (n_desc, dim)}
         if master:  # kept in the run folder: a resumed run does not embed again
             os.makedirs(out, exist_ok=True)

@@ -146,6 +146,7 @@ def test_trains_on_the_tasks_present(tiny):
     assert "3 of the 4" in out, out  # task004 is in the split but has no sni file
     assert "held-out tasks: 1" in out
     assert "18 examples" in out  # 3 tasks x 6 instances
+    assert "embedding descriptions: 12/12" in out  # the progress line of the up-front embedding (3 tasks x 4)
 
 
 def test_loss_goes_down(tiny):
