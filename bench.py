@@ -174,15 +174,15 @@ def bench_latency(path, reps):
 
 
 @torch.no_grad()
-def bench_profile(path, batch, seq, reps, dtype=torch.bfloat16):
+def bench_profile(path, batch, seq, reps):
     from collections import Counter
     from torch.profiler import profile
     from transformers import AutoModelForCausalLM
     path, what = model_dir(path)
     print(f"operator time of {reps} forwards, batch {batch} x {seq}, bf16, {what}, {torch.get_num_threads()} threads")
     ids = torch.randint(0, 49152, (batch, seq), generator=torch.Generator().manual_seed(0))
-    models = {"ours": Transformer.from_pretrained(path, dtype=dtype),
-              "transformers": AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()}
+    models = {"ours": Transformer.from_pretrained(path, dtype=torch.bfloat16),
+              "transformers": AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()}
     ms = {name: Counter() for name in models}
     for r in range(reps + 1):  # interleaved; the first round warms up
         for name, m in models.items():

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import convert_benchmarks
 import prepare
 from data import SIZES, SPLITS, TASKS, load_benchmark, read_jsonl
 from tests.conftest import FIXTURES, ROOT
@@ -34,29 +35,29 @@ def rows(task):
 
 
 def test_convert_arc():
-    assert prepare.convert_arc(lines("ARC-Easy-Test.jsonl")) == rows("arc_easy")
+    assert convert_benchmarks.convert_arc(lines("ARC-Easy-Test.jsonl")) == rows("arc_easy")
 
 
 def test_convert_openbookqa():
-    assert prepare.convert_openbookqa(lines("OBQA-test.jsonl")) == rows("openbookqa")
+    assert convert_benchmarks.convert_openbookqa(lines("OBQA-test.jsonl")) == rows("openbookqa")
 
 
 def test_convert_boolq():
-    assert prepare.convert_boolq(lines("boolq-dev.jsonl")) == rows("boolq")  # the title column is dropped
+    assert convert_benchmarks.convert_boolq(lines("boolq-dev.jsonl")) == rows("boolq")  # the title column is dropped
 
 
 def test_convert_piqa():
-    assert prepare.convert_piqa(lines("piqa-valid.jsonl"), lines("piqa-valid-labels.lst")) == rows("piqa")
+    assert convert_benchmarks.convert_piqa(lines("piqa-valid.jsonl"), lines("piqa-valid-labels.lst")) == rows("piqa")
     with pytest.raises(ValueError, match="2 questions but 1 labels"):
-        prepare.convert_piqa(lines("piqa-valid.jsonl"), ["0"])
+        convert_benchmarks.convert_piqa(lines("piqa-valid.jsonl"), ["0"])
 
 
 def test_convert_winogrande():
-    assert prepare.convert_winogrande(lines("winogrande-dev.jsonl")) == rows("winogrande")
+    assert convert_benchmarks.convert_winogrande(lines("winogrande-dev.jsonl")) == rows("winogrande")
 
 
 def test_convert_hellaswag():
-    out = prepare.convert_hellaswag(lines("hellaswag_val.jsonl"))
+    out = convert_benchmarks.convert_hellaswag(lines("hellaswag_val.jsonl"))
     assert out == rows("hellaswag") and out[0]["label"] == "3"  # int in the original, a string in HF
 
 
@@ -75,15 +76,15 @@ def fake_web(tmp_path):
            for s in ("Easy", "Challenge") for split in ("Test", "Dev")}
     arc["__MACOSX/ARC-V1-Feb2018-2/ARC-Easy/._ARC-Easy-Test.jsonl"] = "ARC-Easy-Test.jsonl"  # must be ignored
     return {
-        prepare.ARC_ZIP: zip_of("arc.zip", arc),
-        prepare.OBQA_ZIP: zip_of("obqa.zip", {f"OpenBookQA-V1-Sep2018/Data/Main/{s}.jsonl": "OBQA-test.jsonl"
+        convert_benchmarks.ARC_ZIP: zip_of("arc.zip", arc),
+        convert_benchmarks.OBQA_ZIP: zip_of("obqa.zip", {f"OpenBookQA-V1-Sep2018/Data/Main/{s}.jsonl": "OBQA-test.jsonl"
                                               for s in ("test", "dev", "train")}),
-        prepare.WINOGRANDE_ZIP: zip_of("wino.zip", {"winogrande_1.1/dev.jsonl": "winogrande-dev.jsonl",
+        convert_benchmarks.WINOGRANDE_ZIP: zip_of("wino.zip", {"winogrande_1.1/dev.jsonl": "winogrande-dev.jsonl",
                                                     "winogrande_1.1/train_xl.jsonl": "winogrande-dev.jsonl"}),
-        prepare.BOOLQ: ORIG / "boolq-dev.jsonl",
-        prepare.PIQA: ORIG / "piqa-valid.jsonl",
-        prepare.PIQA_LABELS: ORIG / "piqa-valid-labels.lst",
-        prepare.HELLASWAG: ORIG / "hellaswag_val.jsonl",
+        convert_benchmarks.BOOLQ: ORIG / "boolq-dev.jsonl",
+        convert_benchmarks.PIQA: ORIG / "piqa-valid.jsonl",
+        convert_benchmarks.PIQA_LABELS: ORIG / "piqa-valid-labels.lst",
+        convert_benchmarks.HELLASWAG: ORIG / "hellaswag_val.jsonl",
     }
 
 
