@@ -6,6 +6,8 @@ Benchmarks (not tests): numbers printed, with ratios against a baseline measured
                               # per-token copies of A and B; tokens/s and peak memory, same model and batch
     python bench.py latency   # description -> adapter latency for each hypernetwork size
     python bench.py profile   # where the forward's time goes, per ATen operator, ours vs transformers
+    python bench.py generate  # greedy decoding, a batch of 8 with 1/2/4/8 adapters: ours (an adapter per row)
+                              # vs transformers + peft (one adapter at a time); new tokens/s
 
 Uses the prepared default model when present, else random weights of its shapes.
 """
@@ -197,15 +199,71 @@ def bench_profile(path, batch, seq, reps):
     print(f"  {'all operators':48s} ours {sum(ours.values()):8.1f} ms   transformers {sum(hf.values()):8.1f} ms")
 
 
+@torch.no_grad()
+def bench_generate(path, batch, new_tokens, reps):
+    """Greedy decoding throughput: our batched decoder with an adapter per row vs transformers + peft,
+    which applies one adapter at a time (a batch with n adapters = n generate calls). Same weights, prompts,
+    adapters and number of new tokens (both forced to exactly new_tokens)."""
+    from peft import PeftModel  # the baseline
+    from transformers import AutoModelForCausalLM
+    from data import Tokenizer
+    from eval import generate_rows, pad_left
+    from lora import save_adapter
+    path, what = model_dir(path)
+    tok = Tokenizer(path)
+    words = "Classify the sentiment of this short movie review as positive or negative and explain nothing".split()
+    prompts = [tok.encode(tok.chat([{"role": "user", "content": " ".join(words[:4 + 2 * i])}])) for i in range(batch)]
+    print(f"generation, batch {batch}, {new_tokens} new tokens per row, prompts of {min(map(len, prompts))}-"
+          f"{max(map(len, prompts))} tokens, bf16, {what}, {torch.get_num_threads()} threads, median of {reps}")
+    ours = Transformer.from_pretrained(path, dtype=torch.bfloat16)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    g = torch.Generator().manual_seed(0)
+    L, shapes = ours.config.n_layers, ours.lora_shapes()
+    bank = {"scale": lora_scale()}  # batch-many random adapters, in our per-row format and as PEFT folders
+    for name, (d_in, d_out) in shapes.items():
+        bank[name] = (torch.randn(batch, L, 8, d_in, generator=g) * 0.02, torch.randn(batch, L, d_out, 8, generator=g) * 0.02)
+    tmp = tempfile.mkdtemp()
+    for k in range(batch):
+        save_adapter(os.path.join(tmp, str(k)), {n: (v[0][k], v[1][k]) for n, v in bank.items() if n != "scale"})
+    peft = PeftModel.from_pretrained(hf, os.path.join(tmp, "0"), adapter_name="0")
+    for k in range(1, batch):
+        peft.load_adapter(os.path.join(tmp, str(k)), adapter_name=str(k))
+
+    def run_ours(rows):
+        generate_rows(ours, prompts, rows, bank, new_tokens, None, tok.pad_id, batch, "cpu")
+
+    def run_peft(rows):
+        for k in sorted(set(rows)):  # one adapter at a time, its rows as one left-padded batch
+            ids, mask = pad_left([p for p, r in zip(prompts, rows) if r == k], tok.pad_id, "cpu")
+            peft.set_adapter(str(k))
+            peft.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                          do_sample=False, pad_token_id=tok.pad_id)
+    for n in (1, 2, 4, 8):
+        if n > batch:
+            break
+        rows = [i % n for i in range(batch)]
+        t_ours, t_peft = [], []
+        for r in range(reps + 1):  # interleaved, alternating which goes first; the first pair warms up
+            pair = [(t_ours, lambda: run_ours(rows)), (t_peft, lambda: run_peft(rows))]
+            for times, fn in (pair if r % 2 == 0 else pair[::-1]):
+                times.append(timeit(fn, warmup=0, reps=1))
+        t_ours, t_peft = t_ours[1:], t_peft[1:]
+        ratios = sorted(b / a for a, b in zip(t_ours, t_peft))
+        print(f"  {n} adapter(s) in the batch: ours {batch * new_tokens / statistics.median(t_ours):6.1f} new tok/s   "
+              f"transformers+peft {batch * new_tokens / statistics.median(t_peft):6.1f} new tok/s   "
+              f"ratio {statistics.median(ratios):.2f}x (range {ratios[0]:.2f}-{ratios[-1]:.2f})", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("forward", "train", "latency", "profile", "_train_variant"))
+    p.add_argument("what", choices=("forward", "train", "latency", "profile", "generate", "_train_variant"))
     p.add_argument("--size", default="large", choices=("large", "medium", "small"))
     p.add_argument("--variant", default="ours")
     p.add_argument("--model", default="assets/models/SmolLM2-135M-Instruct")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--new-tokens", type=int, default=32, help="generate: new tokens per row")
     args = p.parse_args()
     if args.what == "forward":
         bench_forward(args.model, args.batch, args.seq, args.reps)
@@ -213,6 +271,8 @@ def main():
         bench_train(args.model, args.size, args.batch, args.seq, args.reps)
     elif args.what == "latency":
         bench_latency(args.model, args.reps)
+    elif args.what == "generate":
+        bench_generate(args.model, args.batch, args.new_tokens, args.reps)
     elif args.what == "profile":
         bench_profile(args.model, args.batch, args.seq, args.reps)
     else:

@@ -1,6 +1,6 @@
 """
-Data for t2l: the chat tokenizer, the seven multiple-choice benchmarks of the paper, and the
-Super-NaturalInstructions (SNI) task files the hypernetwork is trained on.
+Data for t2l: the chat tokenizer, the seven multiple-choice benchmarks of the paper, GSM8K, and the
+Super-NaturalInstructions (SNI) task files the hypernetwork is trained on and evaluated with.
 
 Every item can be rendered two ways:
   mc_item     the Text-to-LoRA paper's user-turn prompt (T2L_NOTES section 7, the reference's
@@ -296,9 +296,50 @@ def load_sni_task(path):
     return {"name": name, "definition": definition, "instances": instances}
 
 
+def load_sni_eval(path):
+    """{"name", "definition", "instances": [{"id", "input", "outputs": [every reference]}]} for scoring by
+    generation: SNI instances list several acceptable outputs, and the benchmark scores against all of them.
+    Unlike load_sni_task (training), a malformed instance is an error, not skipped."""
+    d = read_json(path, "SNI task files")
+    if not isinstance(d, dict) or "definition" not in d:
+        raise ValueError(f"{path}: not an SNI task file (needs 'definition' and 'instances')")
+    definition = d["definition"][0] if isinstance(d["definition"], list) and d["definition"] else d["definition"]
+    if not isinstance(definition, str) or not definition.strip():
+        raise ValueError(f"{path}: 'definition' must be a non-empty string (or a list of them)")
+    if not isinstance(d.get("instances"), list) or not d["instances"]:
+        raise ValueError(f"{path}: the task has no instances")
+    instances = []
+    for n, x in enumerate(d["instances"]):
+        where = f"{path}: instance {n}" + (f" ({x['id']})" if isinstance(x, dict) and "id" in x else "")
+        if not isinstance(x, dict) or not isinstance(x.get("input"), str):
+            raise ValueError(f"{where} has no 'input' string")
+        outputs = x.get("output")
+        outputs = [outputs] if isinstance(outputs, str) else outputs
+        if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs):
+            raise ValueError(f"{where} has no 'output' (a string or a non-empty list of strings)")
+        instances.append({"id": str(x.get("id", n)), "input": x["input"], "outputs": outputs})
+    name = d.get("name") or os.path.splitext(os.path.basename(path))[0]
+    return {"name": name, "definition": definition, "instances": instances}
+
+
 def sni_prompt(definition, input):
     # the reference's SNI user turn (T2L_NOTES section 5)
     return f"{definition} Please complete the task without any explanation.\n\n{input}"
+
+
+# GSM8K (T2L_NOTES section 7): the paper's user turn, and the assistant turn prefilled with its first words
+GSM8K_PREFILL = "Let's think step by step."
+
+
+def gsm8k_user(question):
+    return f"Please answer the following question: {question}\n\n"
+
+
+def load_gsm8k(data_dir, limit=None):
+    path = os.path.join(data_dir, "benchmarks", "gsm8k", "test.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: run `python prepare.py` (or pass --data DIR)")
+    return path, read_jsonl(path, "gsm8k", limit)
 
 
 def load_splits(data_dir):

@@ -1,19 +1,34 @@
 """
-Score the base model (optionally with a LoRA adapter) on the seven multiple-choice benchmarks of the
-paper (T2L_NOTES section 7). Two deterministic scorings:
+Score the base model, a LoRA adapter, or Text-to-LoRA adapters on the paper's evaluation (T2L_NOTES section 7).
 
+Multiple-choice benchmarks (the seven of the paper), two deterministic scorings:
+  cloze  (default) lm-evaluation-harness style: the log-likelihood of each choice as a continuation of
+         a plain prompt (no chat template, no BOS); acc, and acc_norm = log-likelihood / length of the
+         choice in characters. Needs no format compliance, so a small model's knowledge shows.
   mc     the paper's prompt in the model's chat template; the prediction is the argmax of the
          next-token logits restricted to the answer tokens ("A".."E", "0".."3", "true"/"false" ...).
-  cloze  lm-evaluation-harness style: the log-likelihood of each choice as a continuation of a plain
-         prompt (no chat template, no BOS); acc, and acc_norm = log-likelihood / length of the choice
-         in characters.
+Every accuracy is printed beside the chance level (1 / number of choices, averaged over the items) and,
+for two-choice tasks, the majority-class rate.
+
+Generation-scored tasks, greedy decoding with the KV cache until the end of the turn or --max-new-tokens:
+  sni:NAME, sni-heldout, --sni-file PATH   SNI tasks, prompted exactly as in training; ROUGE-L (SNI's
+         metric, `rouge-score` conventions) and exact match, best over the reference outputs (metrics.py)
+  gsm8k  the paper's prompt, the assistant turn prefilled with "Let's think step by step."; accuracy of the
+         last number in the generation against the number after "####"
+A batch of generations mixes rows with different adapters (every row carries its own A and B), so all
+descriptions of a task (and the controls) decode together.
+
+--table runs every column of the paper's comparison (base, + description, multi-task LoRA, T2L, T2L from
+nonsense and from another task's descriptions) on the SNI held-out tasks, the benchmarks and GSM8K.
 
 Speed: questions are sorted by length and batched (little padding); only the answer positions go
 through the 49k-wide output layer; the prompt prefix every question shares (system prompt and
 instruction) is run once and kept in a KV cache; a cloze context is run once for all its choices.
 
-    python eval.py --task arc_easy                   # mc scoring, bf16, full test split
-    python eval.py --task all --scoring cloze --limit 500 --out results.json
+    python eval.py --task arc_easy                   # cloze scoring, bf16, full test split
+    python eval.py --task all --scoring mc --limit 500 --out results.json
+    python eval.py --task sni-heldout --limit 50 --out out/sni.json
+    python eval.py --table --t2l runs/t2l-large --mt-lora runs/mt-lora --limit 50 --out out/table.json
 """
 import argparse
 import json
@@ -25,12 +40,16 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data import TASKS, Parser, Tokenizer, cloze_item, load_benchmark, load_eval_descriptions, mc_item
-from lora import load_adapter, set_adapters
+from data import (GSM8K_PREFILL, TASKS, Parser, Tokenizer, cloze_item, gsm8k_user, load_benchmark, load_descriptions,
+                  load_eval_descriptions, load_gsm8k, load_sni_eval, load_splits, mc_item, sni_prompt)
+from lora import load_adapter, lora_scale, set_adapters
+from metrics import exact_match, gsm8k_gold, last_number, numbers_equal, rouge_l
 from model import KVCache, Transformer
 from t2l import embed_descriptions, load_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_NEW_TOKENS = {"sni": 64, "gsm8k": 256}  # SNI answers are short; GSM8K needs room for the reasoning
+BENCHMARKS = TASKS + ("gsm8k",)  # the "another task's description" control cycles within a group
 
 
 def common_prefix(seqs):
@@ -112,12 +131,19 @@ def lm_eval_encode(tok, context, continuation):
     return ctx, tok.encode(context + continuation)[len(ctx):]
 
 
-def cloze_logliks(model, tok, task, docs, batch_size, device, progress):
+def cloze_items(task, docs, preamble=None):
+    items = [cloze_item(task, d) for d in docs]
+    if preamble:  # "base model + task description" in cloze: the description opens every context
+        items = [([f"{preamble}\n\n{c}" for c in contexts], conts, gold, lens) for contexts, conts, gold, lens in items]
+    return items
+
+
+def cloze_logliks(model, tok, task, docs, batch_size, device, progress, preamble=None):
     """Log-likelihood of every choice of every question: [[ll per choice] per doc]."""
     # a group = one context and the continuations scored after it (ARC: one context, n choices;
     # Winogrande: one context per option, the same continuation)
     groups, owners = [], []  # owners[g] = (doc index, choice indices)
-    items = [cloze_item(task, d) for d in docs]
+    items = cloze_items(task, docs, preamble)
     for di, (contexts, conts, _gold, _lens) in enumerate(items):
         by_ctx = {}
         for ci, c in enumerate(contexts):
@@ -129,7 +155,6 @@ def cloze_logliks(model, tok, task, docs, batch_size, device, progress):
     ll = [[0.0] * len(it[1]) for it in items]
     W = model.lm_head.weight
     order = sorted(range(len(groups)), key=lambda g: len(groups[g][0]) + max(map(len, groups[g][1])))
-    done_docs = 0
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         ctx_ids, ctx_mask = pad_right([groups[g][0] for g in idx], device)
@@ -157,16 +182,25 @@ def cloze_logliks(model, tok, task, docs, batch_size, device, progress):
 
 
 def score_cloze(model, tok, task, docs, batch_size, device, progress, preamble=None):
-    if preamble:
-        raise ValueError("a description in the prompt (--prepend-description) goes with --scoring mc only")
-    items = [cloze_item(task, d) for d in docs]
-    ll = cloze_logliks(model, tok, task, docs, batch_size, device, progress)
+    items = cloze_items(task, docs, preamble)
+    ll = cloze_logliks(model, tok, task, docs, batch_size, device, progress, preamble)
     acc, acc_norm = [], []
     for (_, _, gold, lens), scores in zip(items, ll):
         acc.append(int(max(range(len(scores)), key=lambda i: scores[i]) == gold))
         if lens is not None:
             acc_norm.append(int(max(range(len(scores)), key=lambda i: scores[i] / lens[i]) == gold))
     return {"acc": acc, "acc_norm": acc_norm or None}
+
+
+def reference_rates(task, docs):
+    """(chance, majority): chance = 1 / number of choices, averaged over the items; majority = the rate of
+    the most frequent right answer for two-choice tasks (always answering it scores that), else None."""
+    items = [mc_item(task, d) for d in docs]
+    chance = sum(1 / len(labels) for _, labels, _ in items) / len(items)
+    if any(len(labels) != 2 for _, labels, _ in items):
+        return chance, None
+    first = sum(gold == 0 for _, _, gold in items) / len(items)
+    return chance, max(first, 1 - first)
 
 
 def summarize(xs):
@@ -176,41 +210,309 @@ def summarize(xs):
 
 
 class Progress:
-    def __init__(self, task, total, every=10.0):
+    def __init__(self, task, total, every=10.0, what="questions"):
         self.task, self.total, self.done, self.t0, self.last, self.every = task, total, 0, time.time(), time.time(), every
+        self.what = what
 
     def __call__(self, n):
         self.done += n
         now = time.time()
         if now - self.last > self.every and self.done < self.total:
             rate = self.done / (now - self.t0)
-            print(f"  {self.task}: {self.done:.0f}/{self.total} questions, {rate:.1f} q/s, "
+            print(f"  {self.task}: {self.done:.0f}/{self.total} {self.what}, {rate:.2f}/s, "
                   f"eta {(self.total - self.done) / max(rate, 1e-9):.0f}s", file=sys.stderr, flush=True)
             self.last = now
 
 
 @torch.no_grad()
-def evaluate(model, tok, task, docs, scoring="mc", batch_size=16, device="cpu", preamble=None):
+def evaluate(model, tok, task, docs, scoring="cloze", batch_size=16, device="cpu", preamble=None):
     progress = Progress(task, len(docs))
     t0 = time.time()
     fn = score_mc if scoring == "mc" else score_cloze
     scores = fn(model, tok, task, docs, batch_size, device, progress, preamble)
     wall = time.time() - t0
     acc, se = summarize(scores["acc"])
-    res = {"task": task, "scoring": scoring, "n": len(docs), "accuracy": acc, "stderr": se,
+    chance, majority = reference_rates(task, docs)
+    res = {"task": task, "kind": "mc", "scoring": scoring, "metric": "acc", "n": len(docs), "score": acc,
+           "accuracy": acc, "stderr": se, "chance": chance, "majority": majority,
            "wall_s": round(wall, 2), "questions_per_s": round(len(docs) / wall, 2)}
     if scores.get("acc_norm"):
         res["acc_norm"], res["acc_norm_stderr"] = summarize(scores["acc_norm"])
     return res
 
 
+# --------------------------------------------------------------------------------------------
+# generation-scored tasks: SNI (ROUGE-L, exact match) and GSM8K (accuracy)
+
+
+def pad_left(seqs, pad_id, device):
+    # generation appends at the right end of every row, so prompts are padded on the left
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):] = torch.tensor(s)
+        mask[i, T - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def generate_rows(model, prompts, rows, bank, max_new_tokens, eos_id, pad_id, batch_size, device, progress=None):
+    """Greedy continuations (lists of new token ids) of token-id prompts, batched with left padding; prompt i
+    decodes with adapter rows[i] of the bank (None: no adapter), so one batch mixes tasks and descriptions.
+    bank: {module: (A (n, L, r, d_in), B (n, L, d_out, r)), "scale": float}, e.g. a hypernetwork output."""
+    out = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: little padding
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        ids, mask = pad_left([prompts[i] for i in idx], pad_id, device)
+        lora = None
+        if bank is not None and any(rows[i] is not None for i in idx):
+            pick = torch.tensor([0 if rows[i] is None else rows[i] for i in idx], device=device)
+            lora = {"scale": bank["scale"]}
+            keep = torch.tensor([rows[i] is not None for i in idx], device=device)[:, None, None, None]
+            for name, AB in bank.items():
+                if name != "scale":
+                    lora[name] = (AB[0][pick], AB[1][pick] * keep)  # a row without adapter: B = 0, the base model
+        new = model.generate(ids, mask, max_new_tokens=max_new_tokens, eos_id=eos_id, lora=lora)  # (b, n)
+        for row, i in enumerate(idx):
+            out[i] = new[row].tolist()
+        if progress:
+            progress(len(idx))
+    return out
+
+
+def stop_ids(tok):
+    # the end of the assistant's turn: the tokenizer's eos and the usual end-of-turn specials it has
+    ids = {tok.eos_id} | {tok.tok.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")}
+    return ids - {None}
+
+
+def decode_answer(tok, ids, stops):
+    cut = next((j for j, t in enumerate(ids) if t in stops), len(ids))
+    return tok.decode(ids[:cut], skip_special_tokens=True).strip()
+
+
+def gen_prompt(tok, item, preamble=None):
+    user = f"{preamble}\n\n{item['user']}" if preamble else item["user"]
+    return tok.encode(tok.chat([{"role": "user", "content": user}]) + item.get("prefill", ""))
+
+
+def score_item(kind, item, prediction):
+    if kind == "sni":
+        return {"references": item["references"], "rougeL": rouge_l(prediction, item["references"]),
+                "exact_match": exact_match(prediction, item["references"])}
+    value = last_number(prediction)  # gsm8k
+    return {"gold": item["gold"], "predicted": value, "correct": int(numbers_equal(value, item["gold"]))}
+
+
+@torch.no_grad()
+def evaluate_generation(model, tok, task, runs, bank, max_new_tokens, batch_size, device):
+    """All runs of one generation task in one decoding pass: the rows are (run, item) pairs, each with its
+    run's adapter and prompt. Returns one result per run, each with every instance's prediction."""
+    items, kind = task["items"], task["kind"]
+    pairs = [(r, i) for r in range(len(runs)) for i in range(len(items))]
+    prompts = [gen_prompt(tok, items[i], runs[r][2]) for r, i in pairs]
+    rows = [runs[r][3] for r, _ in pairs]
+    stops = stop_ids(tok)
+    t0 = time.time()
+    new = generate_rows(model, prompts, rows, bank, max_new_tokens, tok.eos_id, tok.pad_id, batch_size, device,
+                        Progress(task["name"], len(pairs), what="generations"))
+    wall = time.time() - t0
+    n_new = sum(next((j + 1 for j, t in enumerate(x) if t in stops), len(x)) for x in new)
+    results = []
+    for r, (source, desc, _, _) in enumerate(runs):
+        per = []
+        for i, item in enumerate(items):
+            pred = decode_answer(tok, new[r * len(items) + i], stops)
+            per.append({"id": item["id"], "prediction": pred, **score_item(kind, item, pred)})
+        res = {"task": task["name"], "kind": kind, "n": len(items), "max_new_tokens": max_new_tokens}
+        if kind == "sni":
+            res["metric"] = "rougeL"
+            res["score"] = res["rougeL"] = sum(x["rougeL"] for x in per) / len(per)
+            res["exact_match"] = sum(x["exact_match"] for x in per) / len(per)
+        else:
+            res["metric"] = "acc"
+            res["score"], res["stderr"] = summarize([x["correct"] for x in per])
+            res["accuracy"] = res["score"]
+        # the runs shared one decoding pass: its time and throughput are reported with each of them
+        res.update({"wall_s": round(wall, 2), "runs_in_pass": len(runs), "new_tokens_per_s": round(n_new / wall, 1),
+                    "instances": per})
+        results.append(res)
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# tasks, descriptions and adapter sources
+
+
+def load_task(spec, data_dir, limit):
+    """spec: a benchmark name, "gsm8k", ("sni", name) or ("sni-file", path) -> {"name", "kind", docs/items}."""
+    if isinstance(spec, tuple):
+        kind, what = spec
+        path = os.path.join(data_dir, "sni", what + ".json") if kind == "sni" else what
+        if not os.path.isfile(path):
+            if kind == "sni":
+                raise ValueError(f"unknown SNI task '{what}': no file {path} (see {data_dir}/sni, or pass --sni-file)")
+            raise ValueError(f"--sni-file {path} not found")
+        t = load_sni_eval(path)
+        items = [{"id": x["id"], "user": sni_prompt(t["definition"], x["input"]), "references": x["outputs"]}
+                 for x in t["instances"][:limit]]
+        return {"name": what if kind == "sni" else t["name"], "kind": "sni", "items": items}
+    if spec == "gsm8k":
+        path, docs = load_gsm8k(data_dir, limit)
+        items = []
+        for n, d in enumerate(docs):
+            try:
+                gold = gsm8k_gold(d["answer"])
+            except ValueError as e:
+                raise ValueError(f"{path}: item {n}: {e}") from None
+            items.append({"id": f"gsm8k-{n}", "user": gsm8k_user(d["question"]), "prefill": GSM8K_PREFILL, "gold": gold})
+        return {"name": "gsm8k", "kind": "gsm8k", "items": items}
+    docs = load_benchmark(spec, data_dir)
+    if limit and limit > len(docs):
+        print(f"{spec}: --limit {limit} is beyond the split ({len(docs)}); using all of it", file=sys.stderr)
+    return {"name": spec, "kind": "mc", "docs": docs[:limit] if limit else docs}
+
+
+def task_descriptions(name, data_dir):
+    """The task's 3 held-out descriptions (eval_descriptions.json), else its first 3 generated ones."""
+    ev = load_eval_descriptions(data_dir)["eval_descriptions"]
+    if name in ev:
+        return ev[name]
+    if os.path.isfile(os.path.join(data_dir, "tasks", "descriptions", name + ".json")):
+        return load_descriptions(data_dir, name)[:3]
+    raise ValueError(f"task '{name}' has no descriptions in {data_dir}/tasks: pass --description \"...\"")
+
+
+def other_task(name, data_dir):
+    """The task whose descriptions make the "another task's description" control: the next held-out SNI
+    task for an SNI task, the next benchmark for a benchmark (a fixed cycle, so runs are comparable)."""
+    group = list(BENCHMARKS) if name in BENCHMARKS else list(load_splits(data_dir)["heldout"])
+    if name in group:
+        return group[(group.index(name) + 1) % len(group)]
+    return next(t for t in group if t != name)
+
+
+def plan_runs(name, data_dir, base_source, t2l, prepend, description=None, controls=False, with_base=False):
+    """[(adapter source, description, preamble)] for one task; the T2L ones get their adapter later."""
+    runs = [(base_source, None, None)] if with_base or not (t2l or prepend) else []
+    descs = [description] if description else (task_descriptions(name, data_dir) if t2l or prepend else [])
+    if prepend:
+        runs += [("base+description", d, d) for d in descs]
+    if t2l:
+        runs += [("t2l", d, None) for d in descs]
+        if controls:
+            runs += [("t2l-nonsense", d, None) for d in load_eval_descriptions(data_dir)["nonsense_descriptions"]]
+            runs += [("t2l-other", d, None) for d in task_descriptions(other_task(name, data_dir), data_dir)]
+    return runs
+
+
+def adapter_bank(net, hcfg, meta, model, tok, descriptions, device):
+    """Hypernetwork adapters for a list of descriptions, one row each, in the per-example format."""
+    with torch.no_grad():
+        lora = net(embed_descriptions(model, tok, descriptions).to(device))  # {module: (A (n, L, r, d_in), B)}
+    return {**lora, "scale": lora_scale(hcfg.r, meta.get("lora_alpha", 16), meta.get("rslora", True))}
+
+
+def run_task(model, tok, task, runs, t2l, args):
+    """Score one task under every run; the T2L runs get rows of one adapter bank. -> results incl. means."""
+    need = list(dict.fromkeys(d for s, d, _ in runs if s.startswith("t2l")))
+    bank = adapter_bank(*t2l, model, tok, need, args.device) if need else None
+    runs = [(s, d, p, need.index(d) if s.startswith("t2l") else None) for s, d, p in runs]
+    if task["kind"] != "mc":
+        max_new = args.max_new_tokens or MAX_NEW_TOKENS[task["kind"]]
+        results = evaluate_generation(model, tok, task, runs, bank, max_new, args.batch_size, args.device)
+    else:
+        results = []
+        for source, desc, preamble, row in runs:
+            if row is not None:  # one static adapter at a time: the mc/cloze scorers batch one adapter
+                hcfg, meta = t2l[1], t2l[2]
+                set_adapters(model, {k: (v[0][row], v[1][row]) for k, v in bank.items() if k != "scale"}, hcfg.r,
+                             meta.get("lora_alpha", 16), meta.get("rslora", True))
+            try:
+                results.append(evaluate(model, tok, task["name"], task["docs"], args.scoring, args.batch_size,
+                                        args.device, preamble))
+            finally:
+                if row is not None:
+                    set_adapters(model, None)
+    for res, (source, desc, _, _) in zip(results, runs):
+        res.update(adapter=source, description=desc)
+        if source == "t2l-other":
+            res["other_task"] = other_task(task["name"], args.data)
+        report(res)
+    for source in dict.fromkeys(s for s, _, _, _ in runs):
+        scored = [r for r in results if r["adapter"] == source]
+        if len(scored) > 1:
+            mean = {k: sum(r[k] for r in scored) / len(scored)
+                    for k in ("score", "accuracy", "rougeL", "exact_match", "chance", "majority")
+                    if k in scored[0] and scored[0][k] is not None}
+            print(f"{task['name']} {source} mean over {len(scored)} descriptions: {100 * mean['score']:.2f}", flush=True)
+            results.append({"task": task["name"], "kind": task["kind"], "metric": scored[0]["metric"],
+                            "adapter": source + "-mean", "n": scored[0]["n"], "stderr": None, "descriptions": len(scored),
+                            **mean})
+    return results
+
+
 def report(res):
-    line = f"{res['task']:14s} {res['scoring']:5s} acc {100 * res['accuracy']:.2f} +- {100 * res['stderr']:.2f}"
-    if "acc_norm" in res:
-        line += f"  acc_norm {100 * res['acc_norm']:.2f} +- {100 * res['acc_norm_stderr']:.2f}"
+    if res["kind"] == "mc":
+        line = f"{res['task']:14s} {res['scoring']:5s} acc {100 * res['accuracy']:.2f} +- {100 * res['stderr']:.2f}"
+        if "acc_norm" in res:
+            line += f"  acc_norm {100 * res['acc_norm']:.2f} +- {100 * res['acc_norm_stderr']:.2f}"
+        line += f"  (chance {100 * res['chance']:.2f}"
+        line += f", majority {100 * res['majority']:.2f})" if res["majority"] is not None else ")"
+        rate = f"{res['questions_per_s']:.1f} q/s"
+    elif res["kind"] == "sni":
+        line = f"{res['task']} rougeL {100 * res['rougeL']:.2f}  exact_match {100 * res['exact_match']:.2f}"
+        rate = f"{res['new_tokens_per_s']:.1f} new tok/s"
+    else:
+        line = f"{res['task']:14s} acc {100 * res['accuracy']:.2f} +- {100 * res['stderr']:.2f}"
+        rate = f"{res['new_tokens_per_s']:.1f} new tok/s"
     if res.get("description"):
         line += f"  [{res['adapter']}: {res['description'][:50]!r}]"
-    print(f"{line}  n={res['n']}  {res['wall_s']:.1f}s  {res['questions_per_s']:.1f} q/s", flush=True)
+    print(f"{line}  n={res['n']}  {res['wall_s']:.1f}s  {rate}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the comparison table: rows = tasks, columns = adapter sources
+
+COLUMNS = [("base", "base"), ("base + description", "base+description"), ("multi-task LoRA", "mt-lora"),
+           ("T2L", "t2l"), ("T2L, nonsense desc.", "t2l-nonsense"), ("T2L, other task's desc.", "t2l-other")]
+
+
+def make_table(results, sni_names, bench_names, with_gsm8k):
+    """{"columns", "rows": [[row name, value or None per column]]}: a cell is the mean over the column's
+    descriptions (ROUGE-L for SNI, accuracy otherwise, in %); averages only over complete columns."""
+    cell = {}
+    for r in results:
+        source = r["adapter"][:-len("-mean")] if r["adapter"].endswith("-mean") else r["adapter"]
+        if r["adapter"].endswith("-mean") or (r["task"], source) not in cell:
+            cell[(r["task"], source)] = 100 * r["score"]
+    rows = []
+
+    def add(names, average):
+        for name in names:
+            rows.append([name] + [cell.get((name, src)) for _, src in COLUMNS])
+        if average and names:
+            vals = [[cell.get((n, src)) for n in names] for _, src in COLUMNS]
+            rows.append([average] + [None if None in v else sum(v) / len(v) for v in vals])
+    add(sni_names, f"SNI held-out average ({len(sni_names)}, ROUGE-L)")
+    add(bench_names, f"benchmark average ({len(bench_names)}, acc)")
+    if with_gsm8k:
+        add(["gsm8k"], None)
+    return {"columns": [c for c, _ in COLUMNS], "rows": rows}
+
+
+def markdown(table):
+    lines = ["| task | " + " | ".join(table["columns"]) + " |", "|---" * (len(table["columns"]) + 1) + "|"]
+    for name, *vals in table["rows"]:
+        bold = "average" in name
+        fmt = lambda v: "-" if v is None else (f"**{v:.2f}**" if bold else f"{v:.2f}")
+        lines.append(f"| {'**' + name + '**' if bold else name} | " + " | ".join(fmt(v) for v in vals) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# command line
 
 
 def limit_arg(s):
@@ -223,28 +525,66 @@ def limit_arg(s):
     return v
 
 
+def task_specs(p, args):
+    """The tasks named on the command line as load_task specs, in order."""
+    specs = []
+    for t in [t.strip() for t in (args.task or "").split(",") if t.strip()]:
+        if t == "all":
+            specs += list(TASKS)
+        elif t == "sni-heldout":
+            specs += [("sni", n) for n in load_splits(args.data)["heldout"]]
+        elif t.startswith("sni:") and t[4:]:
+            specs.append(("sni", t[4:]))
+        elif t in BENCHMARKS:
+            specs.append(t)
+        else:
+            p.error(f"unknown task '{t}' (choose from {', '.join(BENCHMARKS)}, 'all', 'sni:NAME' or 'sni-heldout')")
+    specs += [("sni-file", f) for f in args.sni_file]
+    return specs
+
+
 def main(argv=None):
     p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, help=f"a task, a comma list, or 'all' ({', '.join(TASKS)})")
-    p.add_argument("--scoring", choices=("mc", "cloze"), default="mc")
-    p.add_argument("--limit", type=limit_arg, default=None, help="first N questions of each split")
-    p.add_argument("--batch-size", type=int, default=16, help="questions per forward pass")
+    p.add_argument("--task", default=None, help=f"a task, a comma list, 'all' (the seven benchmarks), 'gsm8k', "
+                                                f"'sni:NAME', 'sni-heldout' ({', '.join(TASKS)})")
+    p.add_argument("--sni-file", action="append", default=[], metavar="PATH", help="score any file in the SNI task format")
+    p.add_argument("--table", action="store_true", help="the comparison table: every column on the SNI held-out "
+                                                        "tasks, the seven benchmarks and GSM8K (or on --task)")
+    p.add_argument("--scoring", choices=("mc", "cloze"), default=None, help="multiple-choice scoring (default cloze)")
+    p.add_argument("--limit", type=limit_arg, default=None, help="first N questions/instances of each task")
+    p.add_argument("--max-new-tokens", type=limit_arg, default=None,
+                   help=f"generation tasks: token limit per answer (default {MAX_NEW_TOKENS})")
+    p.add_argument("--batch-size", type=int, default=16, help="questions (or generations) per forward pass")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     p.add_argument("--model", default="assets/models/SmolLM2-135M-Instruct", help="HF-layout model folder")
     p.add_argument("--data", default="assets/data", help="prepared data folder")
     p.add_argument("--lora", default=None, help="PEFT-format adapter folder to apply")
+    p.add_argument("--mt-lora", default=None, help="with --table: the multi-task LoRA column's PEFT adapter folder")
     p.add_argument("--t2l", default=None, help="T2L run folder: score adapters generated from descriptions")
     p.add_argument("--description", default=None, help="with --t2l: this description instead of the task's 3 held-out ones")
-    p.add_argument("--controls", action="store_true", help="with --t2l: also adapters from the nonsense descriptions")
+    p.add_argument("--controls", action="store_true",
+                   help="with --t2l: also adapters from the nonsense descriptions and from another task's descriptions")
     p.add_argument("--prepend-description", action="store_true",
-                   help="baseline: no adapter, each held-out description opens the prompt (mc)")
+                   help="baseline: no adapter, each held-out description opens the prompt (or the cloze context)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    tasks = list(TASKS) if args.task == "all" else [t.strip() for t in args.task.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        p.error(f"unknown task '{unknown[0]}' (choose from {', '.join(TASKS)} or 'all')")
+    if not (args.task or args.sni_file or args.table):
+        p.error("name the tasks: --task T (or --sni-file PATH, or --table)")
+    if args.table and (args.description or args.lora or args.prepend_description or args.controls):
+        p.error("--table runs every column itself: leave out --description, --lora, --prepend-description, --controls")
+    if args.mt_lora and not args.table:
+        p.error("--mt-lora fills the table's multi-task LoRA column: use it with --table (or pass --lora DIR)")
+    try:
+        specs = task_specs(p, args)
+        if args.table and not specs:
+            specs = [("sni", n) for n in load_splits(args.data)["heldout"]] + list(TASKS) + ["gsm8k"]
+    except (FileNotFoundError, ValueError) as e:
+        p.error(str(e))
+    if args.scoring and any(s == "gsm8k" or isinstance(s, tuple) for s in specs):
+        p.error("--scoring applies to the multiple-choice benchmarks only; generation tasks (sni:..., --sni-file, "
+                "gsm8k) are scored by their own metric (ROUGE-L / exact match, accuracy)")
+    args.scoring = args.scoring or "cloze"
     if args.out:  # check before the run, not after it: a long evaluation must not end in "cannot write"
         out_dir = os.path.dirname(os.path.abspath(args.out))
         try:
@@ -253,56 +593,42 @@ def main(argv=None):
             p.error(f"cannot create the folder of --out '{args.out}': {e.strerror}")
         if not os.access(out_dir, os.W_OK) or os.path.isdir(args.out):
             p.error(f"cannot write --out '{args.out}'")
+    settings = {k: getattr(args, k) for k in ("scoring", "limit", "batch_size", "device", "dtype", "model", "lora", "t2l")}
+    results, table = [], None
     try:
+        tasks = [load_task(s, args.data, args.limit) for s in specs]  # every file checked before the model loads
         torch.manual_seed(0)
         model = Transformer.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
         tok = Tokenizer(args.model)
         if args.lora:
             load_adapter(model, args.lora)
-        net = None
-        if args.t2l:
-            net, hcfg, meta = load_checkpoint(args.t2l, model=model, device=args.device)
-        settings = {k: getattr(args, k) for k in ("scoring", "limit", "batch_size", "device", "dtype", "model", "lora", "t2l")}
-        results = []
+        t2l = load_checkpoint(args.t2l, model=model, device=args.device) if args.t2l else None  # (net, hcfg, meta)
         for task in tasks:
-            docs = load_benchmark(task, args.data)
-            if args.limit and args.limit > len(docs):
-                print(f"{task}: --limit {args.limit} is beyond the split ({len(docs)}); using all of it", file=sys.stderr)
-            docs = docs[:args.limit] if args.limit else docs
-            runs = [("lora" if args.lora else "base", None, None)]  # (adapter source, description, preamble)
-            if net is not None or args.prepend_description:
-                ev = load_eval_descriptions(args.data)
-                descs = [args.description] if args.description else ev["eval_descriptions"][task]
-                kind = "t2l" if net is not None else "base+description"
-                runs = [(kind, d, None if net is not None else d) for d in descs]
-                if args.controls and net is not None:
-                    runs += [("t2l-nonsense", d, None) for d in ev["nonsense_descriptions"]]
-            for source, desc, preamble in runs:
-                if source.startswith("t2l"):
-                    with torch.no_grad():
-                        emb = embed_descriptions(model, tok, [desc]).to(args.device)
-                        lora = net(emb)  # {module: (A (1, L, r, d_in), B (1, L, d_out, r))}
-                    set_adapters(model, {k: (A[0], B[0]) for k, (A, B) in lora.items()}, hcfg.r,
-                                 meta.get("lora_alpha", 16), meta.get("rslora", True))
-                res = evaluate(model, tok, task, docs, args.scoring, args.batch_size, args.device, preamble)
-                if source.startswith("t2l"):
+            if args.table:
+                runs = plan_runs(task["name"], args.data, "base", t2l, True, controls=True, with_base=True)
+            else:
+                runs = plan_runs(task["name"], args.data, "lora" if args.lora else "base", t2l,
+                                 args.prepend_description, args.description, args.controls)
+            results += [{**r, **settings} for r in run_task(model, tok, task, runs, t2l, args)]
+            if args.mt_lora:  # a static adapter on the model for this column only
+                load_adapter(model, args.mt_lora)
+                try:
+                    res = run_task(model, tok, task, [("mt-lora", None, None)], None, args)
+                finally:
                     set_adapters(model, None)
-                res = {**res, "adapter": source, "description": desc, **settings}
-                report(res)
-                results.append(res)
-            scored = [r for r in results if r["task"] == task and r["adapter"] in ("t2l", "base+description")]
-            if len(scored) > 1:
-                mean = sum(r["accuracy"] for r in scored) / len(scored)
-                print(f"{task:14s} {scored[0]['adapter']} mean over {len(scored)} descriptions: {100 * mean:.2f}", flush=True)
-                results.append({"task": task, "adapter": scored[0]["adapter"] + "-mean", "n": scored[0]["n"],
-                                "accuracy": mean, "stderr": None, "descriptions": len(scored), **settings})
+                results += [{**r, **settings, "lora": args.mt_lora} for r in res]
+        if args.table:
+            names = [t["name"] for t in tasks]
+            table = make_table(results, [t["name"] for t in tasks if t["kind"] == "sni"],
+                               [t["name"] for t in tasks if t["kind"] == "mc"], "gsm8k" in names)
+            print(markdown(table), flush=True)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if args.out:
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"results": results}, f, indent=2)
+            json.dump({"results": results, **({"table": table} if table else {})}, f, indent=2)
         os.replace(tmp, args.out)
     return results
 

@@ -1,6 +1,7 @@
 """eval.py: the batched scorers (shared-prefix cache, length-sorted batches, one context for all choices)
 against a naive one-question-at-a-time loop on the real default model; CLI errors."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import eval as ev
-from data import TASKS, Tokenizer, cloze_item, load_benchmark, mc_item
+from data import SPLITS, TASKS, Tokenizer, cloze_item, load_benchmark, mc_item
 from model import Transformer
 
 torch.set_num_threads(2)
@@ -96,7 +97,9 @@ def test_cli_end_to_end(model_dir, data_dir, tmp_path):
     assert code == 0, err
     res = json.loads(out.read_text())["results"]
     assert [r["task"] for r in res] == ["openbookqa", "boolq"]
-    assert all(r["n"] == 5 and 0 <= r["accuracy"] <= 1 and r["scoring"] == "mc" and r["dtype"] == "bf16" for r in res)
+    assert all(r["n"] == 5 and 0 <= r["accuracy"] <= 1 and r["scoring"] == "cloze" and r["dtype"] == "bf16" for r in res)
+    assert res[0]["chance"] == 0.25 and res[0]["majority"] is None and res[1]["chance"] == 0.5  # OBQA: 4 choices
+    assert 0.5 <= res[1]["majority"] <= 1 and "majority" in stdout
     small = tmp_path / "data" / "benchmarks" / "openbookqa"  # a 3-question split, to go beyond cheaply
     small.mkdir(parents=True)
     lines = (data_dir / "benchmarks" / "openbookqa" / "test.jsonl").read_text().splitlines()[:3]
@@ -127,3 +130,188 @@ def test_t2l_at_init_scores_like_the_base_model(real, model_dir, data_dir, tmp_p
     t2l_runs = [r for r in res if r["adapter"] == "t2l"]
     assert len(t2l_runs) == 3 and len([r for r in res if r["adapter"] == "t2l-nonsense"]) == 3
     assert [r for r in res if r["adapter"] == "t2l-mean"][0]["accuracy"] == sum(r["accuracy"] for r in t2l_runs) / 3
+
+
+# ------------------------------------------------------------------------------------------ generation tasks
+# on a tiny random Llama (tests/test_generate.py) and a tiny data folder: seconds per test, in process
+
+from metrics import rouge_l  # noqa: E402
+from tests.test_generate import tiny_llama  # noqa: E402
+
+SNI_A, SNI_B, SNI_C = "task901_tiny_a", "task902_tiny_b", "task903_tiny_c"  # A, B held out; C is not
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory, model_dir, data_dir):
+    from t2l import HyperConfig, HyperNetwork, base_model_meta, save_checkpoint
+    root = tmp_path_factory.mktemp("geneval")
+    model_path = tiny_llama(root / "tiny", model_dir)
+    d = root / "data"
+    (d / "sni").mkdir(parents=True)
+    (d / "tasks" / "descriptions").mkdir(parents=True)
+    for name in (SNI_A, SNI_B, SNI_C):
+        inst = [{"id": f"{name}-{i}", "input": f"Sentence {i}: the {w} is red.", "output": [w, f"a {w}"][:1 + i % 2]}
+                for i, w in enumerate(["cat", "dog", "sun", "car"])]
+        (d / "sni" / f"{name}.json").write_text(json.dumps({"name": name, "definition": ["Name the red thing."],
+                                                            "instances": inst}))
+        descs = [f"Generated description {k} of {name}." for k in range(5)]
+        (d / "tasks" / "descriptions" / f"{name}.json").write_text(json.dumps({"name": name, "descriptions": descs}))
+    (d / "tasks" / "splits.json").write_text(json.dumps({"train": [SNI_C], "heldout": [SNI_A, SNI_B]}))
+    evd = {n: [f"Held-out description {k} of {n}." for k in range(3)] for n in (SNI_A, SNI_B, *ev.BENCHMARKS)}
+    (d / "tasks" / "eval_descriptions.json").write_text(json.dumps(
+        {"eval_descriptions": evd, "nonsense_descriptions": ["dogs;cats;bananas;", "ggggggg"]}))
+    for task in ev.BENCHMARKS:  # the first 3 items of each real split
+        split = "test" if task == "gsm8k" else SPLITS[task]
+        (d / "benchmarks" / task).mkdir(parents=True)
+        lines = (data_dir / "benchmarks" / task / f"{split}.jsonl").read_text().splitlines()[:3]
+        (d / "benchmarks" / task / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    model = Transformer.from_pretrained(model_path)
+    net = HyperNetwork(HyperConfig("large", model.config.dim, model.config.n_layers, model.lora_shapes()))
+    torch.manual_seed(0)
+    with torch.no_grad():  # heads away from init, so that every description gives another, non-zero adapter
+        for h in net.heads.values():
+            h.weight.normal_(0, 0.05)
+    save_checkpoint(root / "run", net, net.cfg, base_model_meta(model, model_path))
+    from lora import save_adapter
+    g = torch.Generator().manual_seed(3)
+    mt = {k: (torch.randn(2, 8, i, generator=g) * 0.2, torch.randn(2, o, 8, generator=g) * 0.2)
+          for k, (i, o) in model.lora_shapes().items()}
+    save_adapter(root / "mt-lora", mt)
+    return {"root": root, "model": str(model_path), "data": str(d), "run": str(root / "run"), "mt": str(root / "mt-lora")}
+
+
+def gen_main(gen, *args):
+    return ev.main(["--model", gen["model"], "--data", gen["data"], "--dtype", "fp32", "--max-new-tokens", "4", *args])
+
+
+def test_sni_generation_keeps_every_instance(gen, tmp_path):
+    out = tmp_path / "r.json"
+    gen_main(gen, "--task", f"sni:{SNI_A}", "--limit", "3", "--out", str(out))
+    (res,) = json.loads(out.read_text())["results"]
+    assert res["kind"] == "sni" and res["metric"] == "rougeL" and res["n"] == 3 and res["adapter"] == "base"
+    inst = res["instances"]
+    assert [x["id"] for x in inst] == [f"{SNI_A}-{i}" for i in range(3)]
+    assert [x["references"] for x in inst] == [["cat"], ["dog", "a dog"], ["sun"]]  # every reference output kept
+    assert all(x["rougeL"] == rouge_l(x["prediction"], x["references"]) for x in inst)
+    assert res["rougeL"] == sum(x["rougeL"] for x in inst) / 3 and 0 <= res["exact_match"] <= 1
+
+
+def test_t2l_descriptions_and_controls_on_generation_tasks(gen):
+    res = gen_main(gen, "--task", f"sni:{SNI_A},gsm8k", "--limit", "2", "--t2l", gen["run"], "--controls")
+    for task, other in ((SNI_A, SNI_B), ("gsm8k", "arc_easy")):
+        mine = [r for r in res if r["task"] == task]
+        by = {s: [r for r in mine if r["adapter"] == s] for s in ("t2l", "t2l-nonsense", "t2l-other")}
+        assert [r["description"] for r in by["t2l"]] == [f"Held-out description {k} of {task}." for k in range(3)]
+        assert len(by["t2l-nonsense"]) == 2
+        assert [r["description"] for r in by["t2l-other"]] == [f"Held-out description {k} of {other}." for k in range(3)]
+        assert all(r["other_task"] == other for r in by["t2l-other"])
+        mean = [r for r in mine if r["adapter"] == "t2l-mean"][0]["score"]
+        assert mean == pytest.approx(sum(r["score"] for r in by["t2l"]) / 3)
+    # the 8 runs of a task decoded in one mixed batch: each equals its description decoded on its own
+    d = "Held-out description 1 of gsm8k."
+    alone = gen_main(gen, "--task", "gsm8k", "--limit", "2", "--t2l", gen["run"], "--description", d)[0]
+    mixed = [r for r in res if r["task"] == "gsm8k" and r.get("description") == d][0]
+    assert [x["prediction"] for x in alone["instances"]] == [x["prediction"] for x in mixed["instances"]]
+    preds = {tuple(x["prediction"] for x in r["instances"]) for r in res if r["task"] == SNI_A and "mean" not in r["adapter"]}
+    assert len(preds) > 1  # the adapters differ
+
+
+def test_descriptions_fall_back_to_generated_ones(gen):
+    res = gen_main(gen, "--task", f"sni:{SNI_C}", "--limit", "1", "--prepend-description")
+    assert [r["description"] for r in res if r["adapter"] == "base+description"] == \
+        [f"Generated description {k} of {SNI_C}." for k in range(3)]
+
+
+def test_empty_generation_scores_zero(gen, tmp_path, model_dir):
+    # a model whose final norm is zero: every logit is 0, the argmax is token 0 (<|endoftext|>, an end of
+    # turn), so every answer is the empty string
+    from safetensors.torch import load_file, save_file
+    mute = tmp_path / "mute"
+    shutil.copytree(gen["model"], mute)
+    state = load_file(mute / "model.safetensors")
+    state["model.norm.weight"].zero_()
+    save_file(state, mute / "model.safetensors", metadata={"format": "pt"})
+    res = ev.main(["--model", str(mute), "--data", gen["data"], "--task", f"sni:{SNI_A},gsm8k", "--limit", "2"])
+    assert all(x["prediction"] == "" for r in res for x in r["instances"])
+    assert res[0]["rougeL"] == 0 and res[0]["exact_match"] == 0 and res[1]["accuracy"] == 0
+    assert all(x["predicted"] is None for x in res[1]["instances"])
+
+
+def one_error(capsys, gen, *args, code=None):
+    with pytest.raises(SystemExit) as e:
+        gen_main(gen, *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code != 0 and (code is None or e.value.code == code)
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_generation_task_errors(gen, capsys, tmp_path):
+    assert "generation tasks" in one_error(capsys, gen, "--task", f"sni:{SNI_A}", "--scoring", "cloze", code=2)
+    assert "unknown SNI task 'task999_nope'" in one_error(capsys, gen, "--task", "sni:task999_nope")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert "not valid JSON" in one_error(capsys, gen, "--sni-file", str(bad))
+    bad.write_text(json.dumps({"definition": "Do it.", "instances": []}))
+    assert "has no instances" in one_error(capsys, gen, "--sni-file", str(bad))
+    bad.write_text(json.dumps({"definition": "Do it.", "instances": [{"id": "x1", "input": "a", "output": []}]}))
+    assert "instance 0 (x1) has no 'output'" in one_error(capsys, gen, "--sni-file", str(bad))
+    assert "not found" in one_error(capsys, gen, "--sni-file", str(tmp_path / "missing.json"))
+    assert "use it with --table" in one_error(capsys, gen, "--task", "boolq", "--mt-lora", gen["mt"], code=2)
+
+
+def test_sni_file_any_path(gen, tmp_path):
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps({"definition": "Say hi.", "instances": [{"input": "x", "output": "hi"}]}))
+    (res,) = gen_main(gen, "--sni-file", str(f))
+    assert res["task"] == "mine" and res["instances"][0]["references"] == ["hi"] and res["instances"][0]["id"] == "0"
+
+
+def test_table_end_to_end(gen, tmp_path, capsys):
+    out = tmp_path / "table.json"
+    gen_main(gen, "--table", "--t2l", gen["run"], "--mt-lora", gen["mt"], "--limit", "2", "--max-new-tokens", "3",
+             "--out", str(out))
+    stdout = capsys.readouterr().out
+    table = json.loads(out.read_text())["table"]
+    names = [r[0] for r in table["rows"]]
+    assert names == [SNI_A, SNI_B, "SNI held-out average (2, ROUGE-L)", *TASKS, "benchmark average (7, acc)", "gsm8k"]
+    assert table["columns"] == [c for c, _ in ev.COLUMNS] and len(table["columns"]) == 6
+    assert all(v is not None and 0 <= v <= 100 for row in table["rows"] for v in row[1:])
+    rows = dict((r[0], r[1:]) for r in table["rows"])
+    assert rows[names[2]] == pytest.approx([(a + b) / 2 for a, b in zip(rows[SNI_A], rows[SNI_B])])
+    res = json.loads(out.read_text())["results"]
+    boolq_t2l = [r for r in res if r["task"] == "boolq" and r["adapter"] == "t2l-mean"][0]
+    assert rows["boolq"][3] == pytest.approx(100 * boolq_t2l["accuracy"])
+    assert all(r["scoring"] == "cloze" for r in res if r["kind"] == "mc")
+    assert "| task | base | base + description | multi-task LoRA | T2L |" in stdout
+    # columns without their inputs are shown as "-"
+    out2 = tmp_path / "table2.json"
+    gen_main(gen, "--table", "--task", f"sni:{SNI_A},boolq", "--limit", "1", "--max-new-tokens", "2", "--out", str(out2))
+    rows = {r[0]: r[1:] for r in json.loads(out2.read_text())["table"]["rows"]}
+    assert [v is None for v in rows["boolq"]] == [False, False, True, True, True, True]
+    assert "| boolq | " in capsys.readouterr().out
+
+
+def test_cloze_with_description_equals_naive(real, data_dir):
+    # --prepend-description in cloze: the description opens every context; batched == one at a time
+    model, tok = real
+    docs = load_benchmark("winogrande", data_dir, limit=3)
+    pre = "Pick the option that fits the blank."
+    with torch.no_grad():
+        got = ev.cloze_logliks(model, tok, "winogrande", docs, 2, "cpu", lambda n: None, preamble=pre)
+        for doc, ll in zip(docs, got):
+            contexts, conts, _, _ = cloze_item("winogrande", doc)
+            for c, x, v in zip(contexts, conts, ll):
+                ctx, cont = ev.lm_eval_encode(tok, f"{pre}\n\n{c}", x)
+                logp = F.log_softmax(model(torch.tensor([ctx + cont]))[0, :-1].float(), -1)
+                assert abs(sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(cont)) - v) < 1e-3
+
+
+def test_chance_and_majority(data_dir):
+    docs = load_benchmark("boolq", data_dir, limit=20)
+    chance, majority = ev.reference_rates("boolq", docs)
+    yes = sum(d["answer"] for d in docs) / 20
+    assert chance == 0.5 and majority == max(yes, 1 - yes)
+    docs = load_benchmark("arc_challenge", data_dir, limit=50)
+    chance, majority = ev.reference_rates("arc_challenge", docs)
+    assert majority is None and chance == pytest.approx(sum(1 / len(d["choices"]["text"]) for d in docs) / 50)
