@@ -581,7 +581,7 @@ def main(argv=None):
             specs = [("sni", n) for n in load_splits(args.data)["heldout"]] + list(TASKS) + ["gsm8k"]
     except (FileNotFoundError, ValueError) as e:
         p.error(str(e))
-    if args.scoring and any(s == "gsm8k" or isinstance(s, tuple) for s in specs):
+    if args.scoring and not args.table and any(s == "gsm8k" or isinstance(s, tuple) for s in specs):
         p.error("--scoring applies to the multiple-choice benchmarks only; generation tasks (sni:..., --sni-file, "
                 "gsm8k) are scored by their own metric (ROUGE-L / exact match, accuracy)")
     args.scoring = args.scoring or "cloze"

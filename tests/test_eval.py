@@ -286,8 +286,10 @@ def test_table_end_to_end(gen, tmp_path, capsys):
     assert "| task | base | base + description | multi-task LoRA | T2L |" in stdout
     # columns without their inputs are shown as "-"
     out2 = tmp_path / "table2.json"
-    gen_main(gen, "--table", "--task", f"sni:{SNI_A},boolq", "--limit", "1", "--max-new-tokens", "2", "--out", str(out2))
+    gen_main(gen, "--table", "--task", f"sni:{SNI_A},boolq", "--scoring", "mc", "--limit", "1", "--max-new-tokens", "2",
+             "--out", str(out2))  # --scoring picks the benchmarks' scoring in a table
     rows = {r[0]: r[1:] for r in json.loads(out2.read_text())["table"]["rows"]}
+    assert {r["scoring"] for r in json.loads(out2.read_text())["results"] if r["kind"] == "mc"} == {"mc"}
     assert [v is None for v in rows["boolq"]] == [False, False, True, True, True, True]
     assert "| boolq | " in capsys.readouterr().out
 
