@@ -233,8 +233,10 @@ class Transformer(nn.Module):
     def _mask(self, attention_mask, B, T, past, device):
         sw = self.config.sliding_window
         S = past + T
-        if attention_mask is not None and past == 0 and bool(attention_mask.all()):
-            attention_mask = None  # no padding: the plain causal path is faster
+        if attention_mask is not None and past == 0 and bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all()):
+            # no padding, or right padding only: a real token never sees a later pad under the causal mask, so the
+            # plain causal path (SDPA's fast kernel) is exact for every real position; pad outputs are never used
+            attention_mask = None
         if attention_mask is None and past == 0 and (sw is None or S <= sw):
             return None  # plain causal: SDPA's fast path
         qi = torch.arange(past, S, device=device)[:, None]
@@ -315,6 +317,20 @@ class Transformer(nn.Module):
             model.lm_head.weight = model.model.embed_tokens.weight
         model.inv_freq = rope_frequencies(cfg).to(device)
         return model.eval()
+
+
+def compile_model(model, device):
+    """torch.compile the forward pass (dynamic shapes: batches vary in length) where a compiler backend exists:
+    a C++ compiler on CPU ($CXX, else g++), triton on CUDA. -> None, or why it cannot (the caller runs uncompiled)."""
+    import importlib.util
+    import shutil
+    if str(device).startswith("cuda"):
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed"
+    elif shutil.which(os.environ.get("CXX", "g++")) is None:
+        return f"no C++ compiler '{os.environ.get('CXX', 'g++')}' on PATH"
+    model.hidden = torch.compile(model.hidden, dynamic=True)
+    return None
 
 
 def load_safetensors(path):

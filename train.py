@@ -21,10 +21,11 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+import plot
 from data import Parser, Tokenizer, load_descriptions, load_eval_descriptions, load_splits, load_sni_task, sni_prompt
-from model import Transformer
-from t2l import (EmbeddingCache, HyperConfig, HyperNetwork, base_model_meta, embed_descriptions, load_checkpoint,
-                 save_checkpoint)
+from model import Transformer, compile_model
+from t2l import (ENCODER, EmbeddingCache, HyperConfig, HyperNetwork, base_model_meta, cache_folder, embed_descriptions,
+                 load_checkpoint, save_checkpoint)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -69,21 +70,75 @@ def make_batch(examples, pad_id, device):
     return ids.to(device), mask.to(device), target.to(device)
 
 
-def t2l_loss(model, hypernet, emb, ids, mask, target, label_smoothing=0.1, reg=1e-3, neftune=0.0):
-    adapters = hypernet(emb)  # {module: (A (B, L, r, d_in), B (B, L, d_out, r))}
+def response_ce(model, ids, mask, target, lora=None, label_smoothing=0.1, neftune=0.0):
+    """Per-example mean next-token cross-entropy on the response tokens (B,), with NEFTune noise."""
     x = model.model.embed_tokens(ids)  # (B, T, dim)
     if neftune > 0:  # NEFTune (Jain et al. 2023): uniform noise of norm alpha / sqrt(T * dim)
         scale = neftune / (mask.sum(1, keepdim=True) * x.shape[-1]).sqrt()  # (B, 1)
         x = x + (torch.rand_like(x) * 2 - 1) * scale[..., None].to(x.dtype) * mask[..., None].to(x.dtype)
-    h = model.hidden(ids, mask, lora=adapters, embeds=x)  # (B, T, dim)
+    h = model.hidden(ids, mask, lora=lora, embeds=x)  # (B, T, dim)
     pred = target[:, 1:]  # position t predicts token t + 1
     logits = model.lm_head(h[:, :-1][pred]).float()  # (N, vocab): only the response positions
     tok_loss = F.cross_entropy(logits, ids[:, 1:][pred], label_smoothing=label_smoothing, reduction="none")
-    # per-sample mean, then batch mean (T2L_NOTES section 5)
     per_sample = torch.zeros(ids.shape[0], device=ids.device).index_add(0, pred.nonzero()[:, 0], tok_loss)
-    ce = (per_sample / pred.sum(1).clamp(min=1)).mean()
-    l2 = sum(A.pow(2).mean() + B.pow(2).mean() for A, B in adapters.values())
-    return ce, ce + reg * l2
+    return per_sample / pred.sum(1).clamp(min=1)  # (B,)
+
+
+def adapter_l2(adapters):
+    return sum(A.pow(2).mean() + B.pow(2).mean() for A, B in adapters.values())
+
+
+def t2l_loss(model, hypernet, emb, ids, mask, target, label_smoothing=0.1, reg=1e-3, neftune=0.0):
+    """The whole batch in one padded forward: the reference that t2l_step must equal (tests), and validation."""
+    adapters = hypernet(emb)  # {module: (A (B, L, r, d_in), B (B, L, d_out, r))}
+    ce = response_ce(model, ids, mask, target, adapters, label_smoothing, neftune).mean()  # per-sample, then batch mean
+    return ce, ce + reg * adapter_l2(adapters)
+
+
+def micro_batches(lengths, budget):
+    """Example indices sorted by length and cut into groups whose padded size (rows x longest) stays within
+    `budget` tokens (a longer example gets a group of its own): little padding, bounded activation memory."""
+    groups, cur = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if cur and (len(cur) + 1) * lengths[i] > budget:
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    return groups + [cur] if cur else groups
+
+
+def accumulate(model, examples, pad_id, device, budget, ctx, adapters=None, label_smoothing=0.1, neftune=0.0):
+    """Forward and backward over length-grouped micro-batches; gradients reach whatever requires them (the
+    per-example adapters given, or static LoRA parameters). The summed loss is exactly the batch's
+    per-sample mean, so the gradient is that of one padded batch up to floating-point order.
+    -> (mean response CE over the examples, tokens computed incl. padding)"""
+    n, total, computed = len(examples), 0.0, 0
+    for g in micro_batches([len(ids) for ids, _ in examples], budget):
+        ids, mask, target = make_batch([examples[i] for i in g], pad_id, device)
+        lora = None if adapters is None else {k: (A[g], B[g]) for k, (A, B) in adapters.items()}
+        with ctx:
+            ce = response_ce(model, ids, mask, target, lora, label_smoothing, neftune).sum() / n
+        ce.backward()
+        total += ce.detach()
+        computed += ids.numel()
+    return total, computed
+
+
+def t2l_step(model, hypernet, emb, examples, pad_id, device, budget, ctx, label_smoothing=0.1, reg=1e-3, neftune=0.0):
+    """One SFT step's gradients: the hypernetwork runs once for the batch; its adapters are cut loose from its
+    graph, the base model runs micro-batch by micro-batch accumulating their gradients, and one backward through
+    the hypernetwork (plus the L2 on A and B) finishes. -> (ce, loss, tokens computed)"""
+    with ctx:
+        adapters = hypernet(emb)  # {module: (A (B, L, r, d_in), B (B, L, d_out, r))}
+        l2 = adapter_l2(adapters)
+    leaves = {k: (A.detach().requires_grad_(), B.detach().requires_grad_()) for k, (A, B) in adapters.items()}
+    ce, computed = accumulate(model, examples, pad_id, device, budget, ctx, leaves, label_smoothing, neftune)
+    outs, grads = [reg * l2], [torch.ones_like(l2)]
+    for k, (A, B) in adapters.items():
+        outs += [A, B]
+        grads += [leaves[k][0].grad, leaves[k][1].grad]
+    torch.autograd.backward(outs, grads)
+    return ce, ce + reg * l2.detach(), computed
 
 
 def sample_batch(tasks, names, n_tasks, k, seed):
@@ -120,6 +175,9 @@ def main():
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps of linear warmup")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--max-len", type=positive, default=256, help="tokens per example (paper: 512)")
+    p.add_argument("--micro-tokens", type=positive, default=1024,
+                   help="padded tokens per micro-batch (examples grouped by length; the step's result does not depend "
+                        "on it; a GPU wants the whole batch: tasks x examples x max-len)")
     p.add_argument("--descriptions-per-task", type=positive, default=128, help="first N generated descriptions (paper: 128)")
     p.add_argument("--neftune", type=float, default=5.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
@@ -130,8 +188,12 @@ def main():
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="base model weights (hypernetwork stays fp32)")
     p.add_argument("--model", default="assets/models/SmolLM2-135M-Instruct")
     p.add_argument("--data", default="assets/data")
+    p.add_argument("--embedding-cache", default=os.environ.get("T2L_EMBEDDING_CACHE", "assets/cache/embeddings"),
+                   help="description embeddings shared by every run, one folder per base model and dtype "
+                        "(default $T2L_EMBEDDING_CACHE or assets/cache/embeddings)")
     p.add_argument("--out", default=None, help="run folder (default runs/t2l-<size>)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the base model (needs g++ on CPU, triton on CUDA)")
     p.add_argument("--log-every", type=positive, default=10)
     p.add_argument("--eval-every", type=positive, default=100)
     p.add_argument("--val-examples", type=positive, default=8, help="per held-out task")
@@ -178,29 +240,38 @@ def main():
         log(f"training tasks: {len(names)} of the {len(splits['train'])} in the paper's split are present; "
             f"{sum(len(t[0]) for t in tasks.values())} examples; held-out tasks: {len(val_tasks)}")
 
-        # descriptions are embedded once, up front: the encoder never runs in the training step
+        # descriptions are embedded before the first step (the encoder never runs in the training step), once per
+        # base model and dtype: a cache shared by every run. And only those this run's steps will draw:
+        # sample_batch is a function of the seed alone, so the (task, description) pairs are known up front.
         t0 = time.time()
-        cache = EmbeddingCache(partial(embed_descriptions, model, tok, batch_size=64),
-                               os.path.join(out, "descriptions.safetensors"), tag=f"{meta['model_path']}/{args.dtype}")
-        todo = [d for _, descs in tasks.values() for d in descs]
-        for i in range(0, len(todo), 2048):  # batched and sorted by length within each chunk; a line per chunk
-            cache(todo[i:i + 2048])
-            log(f"embedding descriptions: {min(i + 2048, len(todo))}/{len(todo)}, {time.time() - t0:.0f}s")
-        desc_emb = {name: cache(descs) for name, (_, descs) in tasks.items()}  # {task: (n_desc, dim)}
-        if master:  # kept in the run folder: a resumed run does not embed again
-            os.makedirs(out, exist_ok=True)
-            cache.save(os.path.join(out, "descriptions.safetensors"))
+        used = sorted({d for s in range(step, args.steps) for _, d in sample_batch(
+            tasks, names, args.tasks_per_batch, args.examples_per_task, args.seed * 1_000_003 + s)})  # [(task, j)]
         eval_descs = load_eval_descriptions(args.data)["eval_descriptions"]  # {task: [3 held-out descriptions]}
+        val_descs = {name: eval_descs.get(name) or load_descriptions(args.data, name)[:3] for name in val_tasks}
+        todo = [tasks[name][1][j] for name, j in used] + [d for ds in val_descs.values() for d in ds]
+        folder = cache_folder(args.embedding_cache, args.model, args.dtype)
+        cache = EmbeddingCache(partial(embed_descriptions, model, tok, batch_size=64), folder, tag=ENCODER)
+        if ddp and not master:  # rank 0 embeds, the others then read its shards
+            torch.distributed.barrier()
+        n_new = cache.fill(todo, log=log)
+        if ddp and master:
+            torch.distributed.barrier()
+        desc_emb = {}  # {task: {description index: (dim,)}}, indexed as desc_emb[task][j]
+        for (name, j), e in zip(used, cache([tasks[name][1][j] for name, j in used])):
+            desc_emb.setdefault(name, {})[j] = e
         val = []  # fixed validation set: first examples of each held-out task, each with a held-out description
         for name, (examples, _) in sorted(val_tasks.items()):
-            descs = eval_descs.get(name) or load_descriptions(args.data, name)[:3]
-            e = embed_descriptions(model, tok, descs)
-            val += [(ex, e[i % len(descs)]) for i, ex in enumerate(examples[:args.val_examples])]
-        log(f"embedded {len(cache.table)} descriptions in {time.time() - t0:.0f}s")
+            e = cache(val_descs[name])
+            val += [(ex, e[i % len(e)]) for i, ex in enumerate(examples[:args.val_examples])]
+        log(f"descriptions: {len(set(todo))} needed by steps {step}-{args.steps} and validation, {n_new} embedded, "
+            f"the rest from the cache {folder}, {time.time() - t0:.0f}s")
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
+    if args.compile:
+        why = compile_model(model, args.device)
+        log(f"warning: --compile: {why}; running uncompiled" if why else "compiling the base model (the first steps are slow)")
     for layer in model.model.layers:  # the base model has no dropout of its own; LoRA's input dropout is all
         layer.self_attn.q_proj.dropout = layer.self_attn.v_proj.dropout = args.dropout
     if step:
@@ -253,6 +324,7 @@ def main():
         save_checkpoint(out, raw, cfg, meta, optimizer_state=opt.state_dict(), step=step, run_config=run_cfg)
         with open(os.path.join(out, "log.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, "val_loss": v, "train_loss": train_loss}) + "\n")
+        plot.loss_plot(out)  # run_dir/loss.svg, redrawn from log.jsonl
         return step
 
     saved = step if step else None
@@ -261,28 +333,27 @@ def main():
     hypernet.train()
     model.train()
     t_last, tokens = time.time(), torch.zeros(())
+    t_start, step_start = t_last, step  # for the ETA: mean step time so far, checkpoints included
     while step < args.steps:
         batch = sample_batch(tasks, names, args.tasks_per_batch, args.examples_per_task, args.seed * 1_000_003 + step)
         batch = batch[rank::world]  # each process takes its share of the global batch
         torch.manual_seed(args.seed * 1_000_003 + step * world + rank)  # dropout and NEFTune noise, resumable
-        ids, mask, target = make_batch([ex for ex, _ in batch], tok.pad_id, args.device)
         emb = torch.stack([desc_emb[name][j] for _, (name, j) in batch]).to(args.device)
         lr = lr_at(step, args.steps, args.lr, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        with ctx:
-            ce, loss = t2l_loss(model, hypernet, emb, ids, mask, target, args.label_smoothing, args.reg, args.neftune)
+        opt.zero_grad(set_to_none=True)
+        ce, loss, _ = t2l_step(model, hypernet, emb, [ex for ex, _ in batch], tok.pad_id, args.device,
+                               args.micro_tokens, ctx, args.label_smoothing, args.reg, args.neftune)
         bad = (~torch.isfinite(loss.detach())).float()
         if ddp:  # every process stops together, none is left waiting in an all-reduce
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         if bad.item():
             stop(f"loss is {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
         opt.step()
         step += 1
-        tokens += mask.sum().cpu()
+        tokens += sum(len(ids) for (ids, _), _ in batch)  # real tokens, padding not counted
         if step % args.log_every == 0 or step == args.steps:
             stats = torch.stack([ce.detach().float().cpu(), tokens.float()]).to(args.device)
             if ddp:  # mean loss and total tokens over all processes
@@ -291,7 +362,8 @@ def main():
             dt = time.time() - t_last
             loss_avg, n_tokens = stats.tolist()
             log(f"step {step} | loss {loss_avg:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
-                f"{n_tokens / dt:.0f} tok/s | {time.time() - t0:.0f}s")
+                f"{n_tokens / dt:.0f} tok/s | {time.time() - t0:.0f}s | "
+                f"eta {(time.time() - t_start) / (step - step_start) * (args.steps - step) / 60:.1f} min")
             t_last, tokens = time.time(), torch.zeros(())
         if step % args.eval_every == 0 or step == args.steps:
             if master:

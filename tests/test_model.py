@@ -61,6 +61,21 @@ def test_logits_match_transformers(arch, extra, tmp_path):
     assert (got[real] - ref[real]).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("arch,extra", CASES, ids=[f"{a}-{i}" for i, (a, _) in enumerate(CASES)])
+def test_right_padding_takes_the_causal_path_and_matches_transformers(arch, extra, tmp_path):
+    # right padding only (training batches): the mask is dropped for SDPA's causal kernel; real positions must not move
+    hf = hf_model(arch, tmp_path, **extra)
+    ours = Transformer.from_pretrained(tmp_path)
+    ids, mask = batch()
+    ids, mask = ids[[0, 2]], mask[[0, 2]]
+    assert ours._mask(mask, 2, 12, 0, "cpu") is None or extra.get("sliding_window")
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask)
+    real = mask.bool()
+    assert (got[real] - ref[real]).abs().max() <= 1e-5
+
+
 def test_left_padding_equals_unpadded(tmp_path):
     hf_model("llama", tmp_path)
     m = Transformer.from_pretrained(tmp_path)
