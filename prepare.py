@@ -420,6 +420,9 @@ def main(argv=None):
     except (Fail, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # every file is complete or absent (written under a temporary name, then renamed)
+        print("error: interrupted; run the same command again: it keeps the complete files and does the rest", file=sys.stderr)
+        sys.exit(130)
     log("done")
 
 

@@ -5,11 +5,14 @@ A (r x d_in) and B (d_out x r) of every target module of every layer of a frozen
 
     e -> [task | layer | module] embedding -> mixer -> 2 residual blocks -> output block -> head per module
 
-Also here: description embeddings (the base model's own last-token hidden state, with a cache), checkpoint
-I/O, and a CLI that writes a PEFT adapter for one description:
+Also here: description embeddings (the base model's own last-token hidden state, with a cache shared by
+every run on the same base model and dtype), checkpoint I/O, and a CLI that turns one description into an
+adapter, writes it in PEFT format and/or shows what it changes (greedy generations without and with it):
 
     python t2l.py --ckpt runs/t2l --out out/adapter "Classify the sentiment of a movie review."
+    python t2l.py --ckpt runs/t2l "Classify the sentiment of a movie review." --prompt "A dull, overlong film."
 """
+import hashlib
 import json
 import math
 import os
@@ -191,32 +194,108 @@ def embed_descriptions(model, tokenizer, texts, batch_size=16, max_tokens=MAX_DE
     return (F.normalize(e, dim=-1) * math.sqrt(e.shape[-1])).cpu()
 
 
-class EmbeddingCache:
-    """description -> embedding, so each description is encoded once and the encoder never runs in the
-    training step. `encode` is any function list[str] -> (N, dim), e.g.
-    functools.partial(embed_descriptions, model, tokenizer). `tag` names the encoder; a saved cache
-    from another encoder is refused."""
+ENCODER = f"base-last-token/{MAX_DESC_TOKENS}"  # what embed_descriptions computes; part of every cache entry's key
 
-    def __init__(self, encode, path=None, tag=""):
-        self.encode, self.tag, self.table = encode, tag, {}
-        if path is not None and os.path.isfile(path):
-            with safe_open(path, framework="pt") as f:
-                info = f.metadata() or {}
-                if info.get("tag", "") != tag:
-                    raise ValueError(f"embedding cache {path} was made by encoder '{info.get('tag')}', not '{tag}': delete it")
-                self.table = dict(zip(json.loads(info["texts"]), f.get_tensor("embeddings")))
+
+def model_identity(model_dir):
+    """A short hash of what decides a description's embedding: the contents of the config and tokenizer files
+    and each weight file's name, size and mtime (hashing 500 MB of weights would cost more than it saves)."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(model_dir)):
+        p = os.path.join(model_dir, name)
+        if name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            with open(p, "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+        elif name.endswith(".safetensors"):
+            st = os.stat(p)
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def cache_folder(root, model_dir, dtype):
+    # one folder per base model and dtype: <root>/<model name>-<dtype>-<identity>
+    return os.path.join(root, f"{os.path.basename(os.path.normpath(model_dir))}-{dtype}-{model_identity(model_dir)}")
+
+
+class EmbeddingCache:
+    """description -> embedding, so each description is encoded once per base model and dtype and the encoder
+    never runs in the training step. `encode` is any function list[str] -> (N, dim), e.g.
+    functools.partial(embed_descriptions, model, tokenizer); `tag` names the encoder.
+
+    With a folder, entries persist as append-only shard files: a save writes only this process's new
+    entries, to a fresh file under a unique name (temporary name, then os.replace). Runs that embed at the
+    same time never overwrite or lose each other's entries, an interrupted write leaves no partial shard,
+    and a shard that does not read back (damaged) is skipped with a warning: its entries are embedded again."""
+
+    def __init__(self, encode, folder=None, tag=""):
+        self.encode, self.folder, self.tag = encode, folder, tag
+        self.table, self.unsaved, self.seen = {}, [], set()
+        self.refresh()
+
+    def refresh(self):
+        """Read the shards written since the last look (by this process or any other)."""
+        if self.folder is None or not os.path.isdir(self.folder):
+            return
+        for name in sorted(os.listdir(self.folder)):  # named by time: the oldest value of a key wins
+            if not name.endswith(".safetensors") or name in self.seen:
+                continue
+            path = os.path.join(self.folder, name)
+            try:
+                with safe_open(path, framework="pt") as f:
+                    info = f.metadata() or {}
+                    texts, emb = json.loads(info["texts"]), f.get_tensor("embeddings")
+            except Exception as e:  # safetensors raises several types for damaged files
+                warnings.warn(f"embedding cache shard {path} is unreadable, ignored ({e})")
+                self.seen.add(name)
+                continue
+            if info.get("tag", "") != self.tag:
+                raise ValueError(f"embedding cache {path} was made by encoder '{info.get('tag')}', not '{self.tag}': delete it")
+            self.seen.add(name)
+            for t, e in zip(texts, emb):
+                self.table.setdefault(t, e)
 
     def __call__(self, texts):
         keys = [prepare_description(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in self.table))  # unique, in order
         if missing:
             self.table.update(zip(missing, self.encode(missing)))
+            self.unsaved += missing
         return torch.stack([self.table[k] for k in keys])  # (N, dim)
 
-    def save(self, path):
-        texts = list(self.table)
-        emb = torch.stack([self.table[t] for t in texts]).contiguous() if texts else torch.zeros(0)
-        _atomic(path, lambda p: save_file({"embeddings": emb}, p, metadata={"texts": json.dumps(texts), "tag": self.tag}))
+    def fill(self, texts, chunk=2048, log=None):
+        """Make sure every text is in the table: the missing ones are encoded chunk by chunk, each chunk saved
+        as soon as it is done (an interrupted run keeps what it embedded). -> number of texts encoded."""
+        self.refresh()
+        todo = list(dict.fromkeys(k for k in map(prepare_description, texts) if k not in self.table))
+        t0, done = time.time(), 0
+        for i in range(0, len(todo), chunk):
+            self.refresh()  # another run may have embedded some of them meanwhile
+            part = [k for k in todo[i:i + chunk] if k not in self.table]
+            if part:
+                self(part)
+                self.save()
+            done += len(part)
+            if log:
+                log(f"embedding descriptions: {min(i + chunk, len(todo))}/{len(todo)}, {time.time() - t0:.0f}s")
+        return done
+
+    def save(self):
+        """Write the entries this process added since the last save as one new shard; -> its path or None.
+        A failed write (e.g. a full disk) warns and keeps the entries in memory: the cache only saves time."""
+        if self.folder is None or not self.unsaved:
+            return None
+        texts = self.unsaved
+        emb = torch.stack([self.table[t] for t in texts]).contiguous()
+        path = os.path.join(self.folder, f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(4).hex()}.safetensors")
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            _atomic(path, lambda p: save_file({"embeddings": emb}, p, metadata={"texts": json.dumps(texts), "tag": self.tag}))
+        except OSError as e:
+            warnings.warn(f"could not write the embedding cache to {self.folder} ({e}); continuing without it")
+            return None
+        self.unsaved = []
+        self.seen.add(os.path.basename(path))
+        return path
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -243,10 +322,16 @@ def check_base_model(cfg, meta, have):
 
 
 def _atomic(path, write):
-    # write to a temporary name and rename: a crash never leaves a half-written file under the real name
-    tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
+    # write to a temporary name and rename: a crash never leaves a half-written file under the real name;
+    # the name is per process, so two writers never share one, and a failed write (full disk) removes it
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _write_json(path, obj):
@@ -324,21 +409,102 @@ def load_checkpoint(run_dir, model=None, device="cpu", expect_meta=None, with_op
 
 # --------------------------------------------------------------------------- CLI
 
+def demo_prompt(tok, description, prompt):
+    # the description doubles as the task instruction, in the SNI user turn the hypernetwork was trained
+    # with (data.sni_prompt): both columns then read the same tokens and differ only by the adapter
+    from data import sni_prompt
+    return tok.encode(tok.chat([{"role": "user", "content": sni_prompt(description, prompt)}]))
+
+
+@torch.no_grad()
+def side_by_side(model, tok, adapters, prompt_ids, max_new_tokens=64, sync=lambda: None):
+    """Greedy generations of each prompt, without and with the adapter. adapters: one hypernetwork output row
+    in the per-example format {module: (A (1, L, r, d_in), B (1, L, d_out, r)), "scale": s}.
+    -> [{"base", "adapted", "base_s", "adapted_s"}], texts cut at the end of the turn."""
+    device = next(model.parameters()).device
+    stops = {tok.eos_id} | {tok.tok.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")}
+    rows = []
+    for ids in prompt_ids:
+        row = {}
+        for col, lora in (("base", None), ("adapted", adapters)):
+            t0 = time.perf_counter()
+            new = model.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, eos_id=tok.eos_id,
+                                 lora=lora)[0].tolist()  # one prompt at a time: no padding, a time per generation
+            sync()
+            row[col + "_s"] = time.perf_counter() - t0
+            cut = next((j for j, t in enumerate(new) if t in stops), len(new))
+            row[col] = tok.decode(new[:cut], skip_special_tokens=True).strip()
+        rows.append(row)
+    return rows
+
+
+def print_side_by_side(prompts, rows, width=None):
+    import textwrap
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    w = max(20, (width - 3) // 2)
+
+    def lines(text):
+        return [piece for para in (text or "(nothing)").splitlines() for piece in (textwrap.wrap(para, w) or [""])]
+
+    for n, (prompt, row) in enumerate(zip(prompts, rows), 1):
+        print(f"\n[{n}] {prompt}")
+        left, right = lines(row["base"]), lines(row["adapted"])
+        heads = (f"base model ({row['base_s']:.2f} s)", f"T2L adapter ({row['adapted_s']:.2f} s)")
+        for a, b in zip([heads[0], "-" * len(heads[0])] + left, [heads[1], "-" * len(heads[1])] + right):
+            print(f"{a:<{w}} | {b}".rstrip())
+        for i in range(len(left), len(right)):
+            print(f"{'':<{w}} | {right[i]}".rstrip())
+        for i in range(len(right), len(left)):
+            print(left[i])
+
+
+def read_prompts(prompts, path):
+    prompts = list(prompts or [])
+    for i, p in enumerate(prompts, 1):
+        if not p.strip():
+            raise ValueError(f"--prompt number {i} is empty")
+    if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"prompts file {path} not found")
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            got = [line.rstrip("\n") for line in f if line.strip()]
+        if not got:
+            raise ValueError(f"prompts file {path} has no prompts (one per line)")
+        prompts += got
+    for p in prompts:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"a prompt is not valid UTF-8 text: {p[:40]!r}") from None
+    return prompts
+
+
 def main(argv=None):
     from data import Parser
-    ap = Parser(description="Generate a LoRA adapter (PEFT format) from a task description.")
+    ap = Parser(description="Generate a LoRA adapter from a task description: write it in PEFT format (--out) "
+                            "and/or show what it changes, greedy generations without and with it (--prompt).")
     ap.add_argument("description", help="the task description, in plain text")
     ap.add_argument("--ckpt", required=True, help="run folder with hypernet.safetensors + config.json (from train.py)")
-    ap.add_argument("--out", required=True, help="folder to write adapter_config.json + adapter_model.safetensors to")
+    ap.add_argument("--out", default=None, help="folder to write adapter_config.json + adapter_model.safetensors to "
+                    "(without it nothing is written)")
+    ap.add_argument("--prompt", action="append", default=[], help="an input for the task; repeat for several")
+    ap.add_argument("--prompts-file", default=None, help="a text file of inputs, one per line")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="per generation (eval.py's SNI default)")
     ap.add_argument("--model", default=None, help="base model folder (default: model_path in the checkpoint)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
-                    help="base model dtype for the embedding (train.py and eval.py default to bf16 too)")
+                    help="base model dtype (train.py and eval.py default to bf16 too)")
     args = ap.parse_args(argv)
     try:
-        prepare_description(args.description)  # fail before loading anything
+        description = prepare_description(args.description)  # fail before loading anything
+        prompts = read_prompts(args.prompt, args.prompts_file)
+        if not prompts and not args.out:
+            raise ValueError("nothing to do: pass --prompt TEXT (or --prompts-file FILE) to compare generations, "
+                             "and/or --out DIR to write the adapter")
+        if args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         from data import Tokenizer  # only the CLI needs the base model's files
-        from lora import save_adapter
+        from lora import lora_scale, save_adapter
         from model import Transformer
         net, cfg, meta = load_checkpoint(args.ckpt, device=args.device)
         path = args.model or meta.get("model_path")
@@ -352,20 +518,33 @@ def main(argv=None):
         tokenizer = Tokenizer(path)
         sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
         t0 = time.perf_counter()
-        emb = embed_descriptions(model, tokenizer, [args.description]).to(args.device)  # (1, d)
+        emb = embed_descriptions(model, tokenizer, [description]).to(args.device)  # (1, d)
         sync()
         t1 = time.perf_counter()
         with torch.no_grad():
-            lora = net(emb)
+            lora = net(emb)  # {module: (A (1, L, r, d_in), B (1, L, d_out, r))}
         sync()
         t2 = time.perf_counter()
-        save_adapter(args.out, {k: (A[0], B[0]) for k, (A, B) in lora.items()}, r=cfg.r,
-                     alpha=meta.get("lora_alpha", 16), base_model_name=meta.get("base_model", model.config.name),
-                     rslora=meta.get("rslora", True))
+        alpha, rslora = meta.get("lora_alpha", 16), meta.get("rslora", True)
+        took = f"embedding {1000 * (t1 - t0):.1f} ms, hypernetwork {1000 * (t2 - t1):.1f} ms"
+        if args.out:
+            save_adapter(args.out, {k: (A[0], B[0]) for k, (A, B) in lora.items()}, r=cfg.r, alpha=alpha,
+                         base_model_name=meta.get("base_model", model.config.name), rslora=rslora)
+            print(f"adapter written to {args.out} ({took})")
+        else:
+            print(f"adapter generated for {description!r} ({took}); not written (no --out)")
+        if prompts:
+            model.eval()
+            ids = [demo_prompt(tokenizer, description, p) for p in prompts]
+            rows = side_by_side(model, tokenizer, {**lora, "scale": lora_scale(cfg.r, alpha, rslora)}, ids,
+                                args.max_new_tokens, sync)
+            print_side_by_side(prompts, rows)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"adapter written to {args.out} (embedding {1000 * (t1 - t0):.1f} ms, hypernetwork {1000 * (t2 - t1):.1f} ms)")
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -42,3 +42,15 @@ def shared_data():
         if p and (pathlib.Path(p) / "benchmarks").is_dir():
             return pathlib.Path(p)
     pytest.skip("no shared data folder (set T2L_SHARED_DATA)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_embedding_cache(tmp_path_factory):
+    # training runs started by tests (subprocesses inherit the environment) never write the shared cache in assets/
+    old = os.environ.get("T2L_EMBEDDING_CACHE")
+    os.environ["T2L_EMBEDDING_CACHE"] = str(tmp_path_factory.mktemp("embedding-cache"))
+    yield
+    if old is None:
+        os.environ.pop("T2L_EMBEDDING_CACHE", None)
+    else:
+        os.environ["T2L_EMBEDDING_CACHE"] = old

@@ -1,7 +1,9 @@
 """t2l.py: parameter counts against the paper, the batched pass against a naive loop, bias-HyperInit,
-gradients, description embeddings, checkpoints and the CLI. CPU-only, network-free, tiny shapes."""
+gradients, description embeddings and their shared cache (concurrent writers, damage, a full disk), checkpoints,
+the CLI (adapter export and the side-by-side generations against reference decodes). CPU-only, network-free."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 import t2l
 from model import ModelConfig, Transformer
 from t2l import HyperConfig, HyperNetwork
+from tests.conftest import ROOT
 
 torch.set_num_threads(1)
 
@@ -192,24 +195,97 @@ def test_long_description_is_truncated_with_warning():
     torch.testing.assert_close(got[0], h / h.norm() * 32 ** 0.5, rtol=1e-4, atol=1e-4)
 
 
+def fake_encode(calls=None):
+    def encode(texts):
+        if calls is not None:
+            calls.append(list(texts))
+        return torch.stack([torch.full((4,), float(sum(map(ord, t)))) for t in texts])  # a function of the text
+    return encode
+
+
 def test_embedding_cache_encodes_each_description_once(tmp_path):
     calls = []
-
-    def encode(texts):
-        calls.append(list(texts))
-        return torch.stack([torch.full((4,), float(len(t))) for t in texts])
-
-    cache = t2l.EmbeddingCache(encode, tag="fake")
+    cache = t2l.EmbeddingCache(fake_encode(calls), tag="fake")
     a = cache(["Do x", "Do y.", "Do x"])
     b = cache(["Do y", "Do z"])  # "Do y" is the same description as "Do y." once prepared
     assert calls == [["Do x.", "Do y."], ["Do z."]]
     assert a.shape == (3, 4) and torch.equal(a[0], a[2]) and torch.equal(b[0], a[1])
-    path = str(tmp_path / "emb.safetensors")
-    cache.save(path)
-    again = t2l.EmbeddingCache(encode, path=path, tag="fake")
-    assert torch.equal(again(["Do x", "Do y", "Do z"]), torch.cat([a[:2], b[1:]])) and len(calls) == 2
+    folder = tmp_path / "emb"
+    saved = t2l.EmbeddingCache(fake_encode(calls), folder, tag="fake")
+    assert saved.fill(["Do x", "Do y", "Do z"], chunk=2) == 3 and len(calls) == 4  # chunks [x, y], [z]
+    assert len(list(folder.glob("*.safetensors"))) == 2  # a shard per chunk, saved as soon as it is done
+    again = t2l.EmbeddingCache(fake_encode(calls), folder, tag="fake")
+    assert again.fill(["Do x", "Do y", "Do z"]) == 0 and len(calls) == 4
+    assert torch.equal(again(["Do x", "Do y", "Do z"]), torch.cat([a[:2], b[1:]]))
     with pytest.raises(ValueError, match="encoder"):
-        t2l.EmbeddingCache(encode, path=path, tag="other")
+        t2l.EmbeddingCache(fake_encode(), folder, tag="other")
+
+
+WRITER = """
+import sys, torch, t2l
+folder, who = sys.argv[1], sys.argv[2]
+encode = lambda ts: torch.stack([torch.full((4,), float(sum(map(ord, t)))) for t in ts])
+texts = [f"shared text {i}" for i in range(60)] + [f"{who} text {i}" for i in range(60)]
+t2l.EmbeddingCache(encode, folder, tag="fake").fill(texts, chunk=5)  # 24 shards, each written on its own
+"""
+
+
+def test_embedding_cache_concurrent_writers_lose_nothing(tmp_path):
+    import subprocess
+    import sys
+    folder = tmp_path / "emb"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(folder), who], env=env) for who in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert not [p for p in folder.iterdir() if not p.name.endswith(".safetensors")]  # no temporary files left
+    calls = []
+    merged = t2l.EmbeddingCache(fake_encode(calls), folder, tag="fake")
+    texts = [f"shared text {i}" for i in range(60)] + [f"{w} text {i}" for w in "ab" for i in range(60)]  # end in a digit: no "." added
+    assert set(merged.table) == set(texts)  # every entry of both writers
+    torch.testing.assert_close(merged(texts), fake_encode()(texts), rtol=0, atol=0)
+    assert calls == []
+
+
+def test_embedding_cache_survives_damage_and_full_disk(tmp_path, monkeypatch):
+    folder = tmp_path / "emb"
+    t2l.EmbeddingCache(fake_encode(), folder, tag="fake").fill(["Do x", "Do y"])
+    (folder / "00000000000000000000-1-dead.safetensors").write_bytes(b"half a header")  # e.g. copied in broken
+    calls = []
+    with pytest.warns(UserWarning, match="unreadable, ignored"):
+        cache = t2l.EmbeddingCache(fake_encode(calls), folder, tag="fake")
+    assert cache.fill(["Do x", "Do y", "Do z"]) == 1 and calls == [["Do z."]]
+
+    def full_disk(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(t2l, "save_file", full_disk)
+    before = sorted(os.listdir(folder))
+    with pytest.warns(UserWarning, match="could not write the embedding cache"):
+        cache(["Do w"])
+        got = cache.save()
+    assert got is None and sorted(os.listdir(folder)) == before  # no partial shard, no temporary file
+    assert torch.equal(cache(["Do w"]), fake_encode()(["Do w."]))  # still served from memory
+
+
+def test_cache_folder_is_keyed_by_model_identity_and_dtype(tmp_path):
+    m = tmp_path / "SomeModel"
+    m.mkdir()
+    (m / "config.json").write_text('{"hidden_size": 8}')
+    (m / "tokenizer.json").write_text("{}")
+    (m / "model.safetensors").write_bytes(b"x" * 10)
+    a = t2l.cache_folder("root", m, "bf16")
+    assert a.startswith(os.path.join("root", "SomeModel-bf16-")) and a == t2l.cache_folder("root", m, "bf16")
+    assert t2l.cache_folder("root", m, "fp32") != a
+    seen = {a}
+    for change in (lambda: (m / "config.json").write_text('{"hidden_size": 9}'),
+                   lambda: (m / "tokenizer.json").write_text('{"a": 1}'),
+                   lambda: os.utime(m / "model.safetensors", ns=(1, 1)),  # weights replaced: another mtime
+                   lambda: (m / "model.safetensors").write_bytes(b"x" * 11)):
+        change()
+        seen.add(t2l.cache_folder("root", m, "bf16"))
+    assert len(seen) == 5
 
 
 @pytest.mark.parametrize("size", t2l.SIZES)
@@ -323,3 +399,85 @@ def test_cli_writes_the_adapter_the_hypernetwork_generates(tmp_path, capsys):
     rc = t2l.main(["--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "a2"), "--model", str(other), desc])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("error: the hypernetwork was trained for base model") and err.count("\n") == 1
+
+
+CHAT = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}" \
+       "{% if add_generation_prompt %}<assistant>{% endif %}"
+
+
+def files_under(path):
+    return sorted(str(p) for p in path.rglob("*"))
+
+
+def reference_decode(model, tok, ids, max_new_tokens):
+    # greedy decoding of one prompt with whatever static adapter the model holds, cut at the end of the turn
+    new = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, eos_id=tok.eos_id)[0].tolist()
+    cut = new.index(tok.eos_id) if tok.eos_id in new else len(new)
+    return tok.decode(new[:cut], skip_special_tokens=True).strip()
+
+
+def printed_columns(out, width=1000):
+    # the two columns of each prompt's first text line (COLUMNS=1000: nothing wraps)
+    w = (width - 3) // 2
+    lines = out.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("[")]
+    return [(lines[i + 3][:w].rstrip(), lines[i + 3][w + 3:]) for i in starts]
+
+
+def test_cli_side_by_side_equals_base_and_static_adapter_decoding(tmp_path, capsys, monkeypatch):
+    data = pytest.importorskip("data")
+    import lora
+    model_dir = hf_folder(tmp_path / "model")
+    cfg_path = model_dir / "tokenizer_config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "chat_template": CHAT}))
+    capsys.readouterr()
+    model = Transformer.from_pretrained(model_dir).eval()
+    net, cfg = tiny_hyper("large", emb_dim=64, modules=model.lora_shapes())
+    randomize(net, seed=5)
+    t2l.save_checkpoint(tmp_path / "run", net, cfg, t2l.base_model_meta(model, model_path=model_dir))
+    desc, prompts = "Reverse the letters of the word", ["hello there", "abc"]
+    (tmp_path / "prompts.txt").write_text("hello there\n\nabc\n")  # blank lines are skipped
+    monkeypatch.setenv("COLUMNS", "1000")
+    before = files_under(tmp_path)
+    args = ["--ckpt", str(tmp_path / "run"), "--dtype", "fp32", "--max-new-tokens", "12", desc]
+    assert t2l.main(args + ["--prompt", prompts[0], "--prompt", prompts[1]]) == 0
+    out = capsys.readouterr().out
+    assert files_under(tmp_path) == before  # no --out: nothing written
+    assert "not written (no --out)" in out and re.search(r"base model \([\d.]+ s\) +\| T2L adapter \([\d.]+ s\)", out)
+    got = printed_columns(out)
+    assert t2l.main(args + ["--prompts-file", str(tmp_path / "prompts.txt")]) == 0
+    assert printed_columns(capsys.readouterr().out) == got
+    # references: the base model's own greedy decode; decoding with the adapter set as a static LoRA
+    tok = data.Tokenizer(model_dir)
+    ids = [tok.encode(tok.chat([{"role": "user", "content": data.sni_prompt(desc + ".", p)}])) for p in prompts]
+    with torch.no_grad():
+        base = [reference_decode(model, tok, x, 12) for x in ids]
+        adapters = net.eval()(t2l.embed_descriptions(model, tok, [desc]))
+        lora.set_adapters(model, {k: (A[0], B[0]) for k, (A, B) in adapters.items()}, cfg.r, 16, True)
+        adapted = [reference_decode(model, tok, x, 12) for x in ids]
+    assert got == list(zip(base, adapted)) and base != adapted  # the adapter changes what the model says
+    # with --out the PEFT adapter is written too, and decoding with it loaded gives the same column
+    assert t2l.main(args + ["--prompt", prompts[0], "--out", str(tmp_path / "adapter")]) == 0
+    assert "adapter written to" in capsys.readouterr().out
+    static = Transformer.from_pretrained(model_dir).eval()
+    lora.load_adapter(static, tmp_path / "adapter")
+    with torch.no_grad():
+        assert reference_decode(static, tok, ids[0], 12) == adapted[0]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["   ", "--prompt", "x"], "empty description"),
+    (["Do it", "--prompt", "x", "--prompt", " "], "--prompt number 2 is empty"),
+    (["Do it", "--prompts-file", "MISSING"], "prompts file .*MISSING not found"),
+    (["Do it", "--prompts-file", "EMPTY"], "has no prompts"),
+    (["Do it"], "nothing to do"),
+    (["Do it", "--prompt", "x", "--max-new-tokens", "0"], "at least 1"),
+])
+def test_cli_bad_inputs_give_one_line(tmp_path, capsys, extra, message):
+    (tmp_path / "EMPTY").write_text("\n  \n")
+    extra = [str(tmp_path / a) if a in ("MISSING", "EMPTY") else a for a in extra]
+    before = files_under(tmp_path)
+    assert t2l.main(["--ckpt", str(tmp_path / "no-run")] + extra) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and re.search(message, err), err
+    assert files_under(tmp_path) == before
