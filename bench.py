@@ -2,8 +2,11 @@
 Benchmarks (not tests): numbers printed, with ratios against a baseline measured in the same run.
 
     python bench.py forward   # our forward vs transformers, batch 8 x 256, fp32 and bf16 (same weights)
-    python bench.py train     # T2L training step: our batched per-example LoRA vs the reference's
-                              # per-token copies of A and B; tokens/s and peak memory, same model and batch
+    python bench.py train     # training steps on batches sampled as train.py samples them (T2L SFT, plain LoRA):
+                              # today's padded step vs length-grouped micro-batches; real/computed tokens/s, MFU
+    python bench.py profile-step  # where a T2L training step's time goes, per ATen operator
+    python bench.py lora-copies   # T2L step: our batched per-example LoRA vs the reference's per-token copies of
+                              # A and B; tokens/s and activation memory, same model and batch
     python bench.py latency   # description -> adapter latency for each hypernetwork size
     python bench.py profile   # where the forward's time goes, per ATen operator, ours vs transformers
     python bench.py generate  # greedy decoding, a batch of 8 with 1/2/4/8 adapters: ours (an adapter per row)
@@ -131,7 +134,7 @@ def bench_train_variant(path, variant, size, batch, seq, steps, dtype):
     print(f"{batch * seq / t:.1f} {sum(saved.values())} {peak}")
 
 
-def bench_train(path, size, batch, seq, steps):
+def bench_lora_copies(path, size, batch, seq, steps):
     path, what = model_dir(path)
     print(f"T2L training step ({size}), batch {batch} x {seq} tokens, bf16 base model, {what}, "
           f"{torch.get_num_threads()} threads")
@@ -146,6 +149,168 @@ def bench_train(path, size, batch, seq, steps):
               flush=True)
     (a, ma, _), (b, mb, _) = res["ours"], res["reference"]
     print(f"  ours vs reference: {a / b:.2f}x the throughput, {ma / mb:.2f}x the activation memory")
+
+
+def gemm_peak(reps=20):
+    # what a bf16 matmul of the model's own MLP shape reaches here: the ceiling for model FLOP utilisation
+    a, b = torch.randn(2048, 576, dtype=torch.bfloat16), torch.randn(576, 1536, dtype=torch.bfloat16)
+    if torch.cuda.is_available():
+        a, b = torch.randn(8192, 4096, dtype=torch.bfloat16, device="cuda"), torch.randn(4096, 4096, dtype=torch.bfloat16, device="cuda")
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
+    best = min(timeit(lambda: (a @ b, sync()), warmup=2, reps=reps) for _ in range(3))
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best
+
+
+def model_flops(cfg, examples):
+    """FLOPs a step must do on the real tokens: the frozen linear layers forward and input-gradient (2 x 2 per weight
+    per token; no weight gradients), causal attention (forward QK^T and AV on the lower triangle, backward twice that),
+    the output layer on response tokens only (forward and input gradient). LoRA's rank-8 products are left out (<1%)."""
+    c = cfg
+    lin = c.dim * c.head_dim * (2 * c.n_heads + 2 * c.n_kv_heads) + 3 * c.dim * c.hidden_dim  # per layer
+    total = 0
+    for ids, n_prompt in examples:
+        T, resp = len(ids), len(ids) - n_prompt
+        total += 4 * lin * c.n_layers * T + 3 * 2 * c.n_heads * c.head_dim * T * T * c.n_layers + 4 * c.vocab_size * c.dim * resp
+    return total
+
+
+def sampled_setup(path, size, n_tasks, k, max_len):
+    """The default model and the SNI training tasks present, loaded and batched exactly as train.py does."""
+    from data import Tokenizer, load_splits
+    from t2l import HyperConfig, HyperNetwork
+    from train import load_tasks
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = Transformer.from_pretrained(path, device=device, dtype=torch.bfloat16).train()
+    model.requires_grad_(False)
+    tok = Tokenizer(path)
+    tasks = load_tasks(tok, "assets/data", load_splits("assets/data")["train"], max_len, 1)
+    if not tasks:
+        raise SystemExit("error: no SNI training tasks in assets/data (run: python prepare.py)")
+    torch.manual_seed(0)
+    net = HyperNetwork(HyperConfig(size, model.config.dim, model.config.n_layers, model.lora_shapes())).to(device)
+    return model, tok, tasks, net, device
+
+
+def bench_train(path, size, steps, n_tasks, k, max_len, budget, compile_):
+    """Training steps on batches sampled as train.py samples them (seeds 0, 1, ...): today's step (one right-padded
+    batch, padding computed, SDPA given the padding mask) vs the length-grouped micro-batch step, T2L SFT and a plain
+    static LoRA, interleaved per batch so machine noise hits all alike."""
+    from contextlib import nullcontext
+    from lora import set_adapters
+    from train import accumulate, make_batch, response_ce, sample_batch, t2l_loss, t2l_step
+    model, tok, tasks, net, device = sampled_setup(path, size, n_tasks, k, max_len)
+    names = sorted(tasks)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
+    peak = gemm_peak()
+    print(f"training steps on sampled batches ({len(names)} SNI tasks, {n_tasks} x {k} per step, max {max_len} tokens), "
+          f"{size} hypernetwork, bf16 base, {device}, {torch.get_num_threads()} threads; measured bf16 GEMM peak "
+          f"{peak / 1e9:.0f} GFLOP/s", flush=True)
+    emb = torch.randn(n_tasks * k, model.config.dim, device=device)
+    if compile_:
+        for layer in model.model.layers:
+            layer.compile(dynamic=True)
+    A = {m: torch.empty(model.config.n_layers, 8, d_in) for m, (d_in, d_out) in model.lora_shapes().items()}
+    static = {m: (torch.nn.init.normal_(a, std=0.02), torch.zeros(model.config.n_layers, model.lora_shapes()[m][1], 8))
+              for m, a in A.items()}
+
+    def padded_mask(mask):  # today's model passed the padding mask to SDPA whenever a row was padded
+        return mask if not bool(mask.all()) else None
+
+    def old_t2l(exs):
+        ids, mask, target = make_batch(exs, tok.pad_id, device)
+        with ctx:
+            _, loss = t2l_loss(model, net, emb[:len(exs)], ids, mask, target, neftune=5.0)
+        loss.backward()
+        return ids.numel()
+
+    def new_t2l(exs):
+        return t2l_step(model, net, emb[:len(exs)], exs, tok.pad_id, device, budget, ctx, neftune=5.0)[2]
+
+    def old_lora(exs):
+        ids, mask, target = make_batch(exs, tok.pad_id, device)
+        with ctx:
+            response_ce(model, ids, mask, target, None, 0.1, 5.0).mean().backward()
+        return ids.numel()
+
+    def new_lora(exs):
+        return accumulate(model, exs, tok.pad_id, device, budget, ctx, None, 0.1, 5.0)[1]
+
+    import model as model_module
+    causal_mask = model_module.Transformer._mask
+
+    def today(self, attention_mask, B, T, past, dev):  # the mask rule before right padding took SDPA's causal path
+        if attention_mask is None or (past == 0 and bool(attention_mask.all())):
+            return None
+        return _explicit_mask(attention_mask, T, dev)
+
+    variants = {"T2L SFT": (old_t2l, new_t2l), "plain LoRA": (old_lora, new_lora)}
+    res = {v: {"old": [], "new": []} for v in variants}
+    for s in range(steps + 1):  # step 0 warms up
+        exs = [ex for ex, _ in sample_batch(tasks, names, n_tasks, k, s)]
+        real = sum(len(ids) for ids, _ in exs)
+        flops = model_flops(model.config, exs)
+        for v, (old, new) in variants.items():
+            set_adapters(model, static if v == "plain LoRA" else None)
+            for layer in model.model.layers:
+                for m in (layer.self_attn.q_proj, layer.self_attn.v_proj):
+                    if m.lora_A is not None:
+                        m.lora_A.requires_grad_(True)
+                        m.lora_B.requires_grad_(True)
+            for which, fn in (("old", old), ("new", new)) if s % 2 == 0 else (("new", new), ("old", old)):
+                model_module.Transformer._mask = today if which == "old" else causal_mask
+                net.zero_grad(set_to_none=True)
+                sync()
+                t = time.perf_counter()
+                computed = fn(exs)
+                sync()
+                if s:
+                    res[v][which].append((time.perf_counter() - t, real, computed, flops))
+        model_module.Transformer._mask = causal_mask
+    set_adapters(model, None)
+    for v in variants:
+        line = {}
+        for which in ("old", "new"):
+            t = sum(r[0] for r in res[v][which])
+            real = sum(r[1] for r in res[v][which])
+            computed = sum(r[2] for r in res[v][which])
+            flops = sum(r[3] for r in res[v][which])
+            line[which] = real / t
+            print(f"  {v:10s} {'today' if which == 'old' else 'new  '}: {real / t:6.0f} real tok/s  {computed / t:6.0f} computed "
+                  f"tok/s  padding {1 - real / computed:5.1%}  MFU {flops / t / peak:5.1%} of the GEMM peak", flush=True)
+        print(f"  {v:10s} new vs today: {line['new'] / line['old']:.2f}x the real tokens/s ({steps} batches)", flush=True)
+
+
+def bench_profile_step(path, size, reps, n_tasks, k, max_len, budget):
+    """Where a training step's time goes (forward and backward), per ATen operator, on sampled batches."""
+    from collections import Counter
+    from contextlib import nullcontext
+    from torch.profiler import profile
+    from train import sample_batch, t2l_step
+    model, tok, tasks, net, device = sampled_setup(path, size, n_tasks, k, max_len)
+    names, ms = sorted(tasks), Counter()
+    emb = torch.randn(n_tasks * k, model.config.dim, device=device)
+    for s in range(reps + 1):  # the first step warms up
+        exs = [ex for ex, _ in sample_batch(tasks, names, n_tasks, k, s)]
+        with profile() as prof:
+            t2l_step(model, net, emb[:len(exs)], exs, tok.pad_id, device, budget, nullcontext(), neftune=5.0)
+        if s:
+            for e in prof.key_averages():
+                ms[e.key] += e.self_cpu_time_total / 1000
+    total = sum(ms.values())
+    print(f"operator time of {reps} T2L SFT steps ({size}, sampled batches, micro-batches of <= {budget} tokens), "
+          f"{torch.get_num_threads()} threads: {total:.0f} ms")
+    for op, t in ms.most_common(12):
+        print(f"  {op[:56]:56s} {t:8.1f} ms  {t / total:5.1%}")
+    core = sum(t for op, t in ms.items() if op in ("aten::mm", "aten::bmm", "aten::addmm") or "attention" in op)
+    print(f"  outside matmuls and attention: {1 - core / total:.1%}")
+
+
+def _explicit_mask(attention_mask, T, device):
+    # today's mask for a padded batch: causal and padding, as a boolean (B, 1, T, T) tensor given to SDPA
+    qi, ki = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
+    allowed = (ki <= qi)[None, None] & attention_mask.bool()[:, None, None, :]
+    return allowed | (ki == qi)[None, None]
 
 
 @torch.no_grad()
@@ -256,19 +421,28 @@ def bench_generate(path, batch, new_tokens, reps):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("forward", "train", "latency", "profile", "generate", "_train_variant"))
+    p.add_argument("what", choices=("forward", "train", "profile-step", "lora-copies", "latency", "profile", "generate",
+                                    "_train_variant"))
     p.add_argument("--size", default="large", choices=("large", "medium", "small"))
     p.add_argument("--variant", default="ours")
     p.add_argument("--model", default="assets/models/SmolLM2-135M-Instruct")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--tasks-per-batch", type=int, default=8, help="train, profile-step: as train.py")
+    p.add_argument("--max-len", type=int, default=256, help="train, profile-step: as train.py")
+    p.add_argument("--micro-tokens", type=int, default=1024, help="train, profile-step: as train.py")
+    p.add_argument("--compile", action="store_true", help="train: torch.compile the base model's blocks")
     p.add_argument("--new-tokens", type=int, default=32, help="generate: new tokens per row")
     args = p.parse_args()
     if args.what == "forward":
         bench_forward(args.model, args.batch, args.seq, args.reps)
     elif args.what == "train":
-        bench_train(args.model, args.size, args.batch, args.seq, args.reps)
+        bench_train(args.model, args.size, args.reps, args.tasks_per_batch, 1, args.max_len, args.micro_tokens, args.compile)
+    elif args.what == "profile-step":
+        bench_profile_step(args.model, args.size, args.reps, args.tasks_per_batch, 1, args.max_len, args.micro_tokens)
+    elif args.what == "lora-copies":
+        bench_lora_copies(args.model, args.size, args.batch, args.seq, args.reps)
     elif args.what == "latency":
         bench_latency(args.model, args.reps)
     elif args.what == "generate":

@@ -44,7 +44,7 @@ from data import (GSM8K_PREFILL, TASKS, Parser, Tokenizer, cloze_item, gsm8k_use
                   load_eval_descriptions, load_gsm8k, load_sni_eval, load_splits, mc_item, sni_prompt)
 from lora import load_adapter, lora_scale, set_adapters
 from metrics import exact_match, gsm8k_gold, last_number, numbers_equal, rouge_l
-from model import KVCache, Transformer
+from model import KVCache, Transformer, compile_model
 from t2l import embed_descriptions, load_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -568,6 +568,7 @@ def main(argv=None):
     p.add_argument("--prepend-description", action="store_true",
                    help="baseline: no adapter, each held-out description opens the prompt (or the cloze context)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (needs g++ on CPU, triton on CUDA)")
     args = p.parse_args(argv)
     if not (args.task or args.sni_file or args.table):
         p.error("name the tasks: --task T (or --sni-file PATH, or --table)")
@@ -599,6 +600,10 @@ def main(argv=None):
         tasks = [load_task(s, args.data, args.limit) for s in specs]  # every file checked before the model loads
         torch.manual_seed(0)
         model = Transformer.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
+        if args.compile:
+            why = compile_model(model, args.device)
+            if why:
+                print(f"warning: --compile: {why}; running uncompiled", file=sys.stderr)
         tok = Tokenizer(args.model)
         if args.lora:
             load_adapter(model, args.lora)
