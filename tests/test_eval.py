@@ -317,3 +317,10 @@ def test_chance_and_majority(data_dir):
     docs = load_benchmark("arc_challenge", data_dir, limit=50)
     chance, majority = ev.reference_rates("arc_challenge", docs)
     assert majority is None and chance == pytest.approx(sum(1 / len(d["choices"]["text"]) for d in docs) / 50)
+
+
+def test_lora_adapter_on_generation_tasks(gen):
+    base = gen_main(gen, "--task", f"sni:{SNI_A}", "--limit", "3")[0]
+    (lora,) = gen_main(gen, "--task", f"sni:{SNI_A}", "--limit", "3", "--lora", gen["mt"])
+    assert lora["adapter"] == "lora" and lora["lora"] == gen["mt"]
+    assert [x["prediction"] for x in lora["instances"]] != [x["prediction"] for x in base["instances"]]
