@@ -10,7 +10,7 @@
 # goes on where the first one stopped. Settings, all optional (environment variables):
 #   T2L_DESCRIPTION  the task description the demo adapter is generated from (default: the held-out task's first
 #                    held-out description)
-#   T2L_STEPS        training steps (default 200: about 15 minutes in all on this project's 2-core CPU)
+#   T2L_STEPS        training steps (default 60: the whole job took 17.5 min on one shared core here, 2026-12-07)
 #   T2L_DATA_FROM    a local data folder laid out like shared/data (default ../shared/data when it exists;
 #                    otherwise prepare.py downloads what it can from the original sources)
 #   T2L_RUN          the run folder (default runs/quickstart); results go to out/quickstart/
@@ -69,7 +69,7 @@ fi
 [ -f assets/data/tasks/splits.json ] && [ -d assets/data/sni ] ||
     die "training needs the SNI task files and task descriptions, which prepare.py cannot download: set T2L_DATA_FROM=DIR (a folder laid out like shared/data)"
 RUN="${T2L_RUN:-runs/quickstart}"
-STEPS="${T2L_STEPS:-200}"
+STEPS="${T2L_STEPS:-60}"
 RES=out/quickstart
 mkdir -p "$RES"
 done_steps=$(sed -n 's/^step-0*\([0-9][0-9]*\)$/\1/p' "$RUN/latest" 2>/dev/null || true)
