@@ -639,4 +639,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (checkpoints are written atomically)
+        print("error: interrupted (evaluation stopped: nothing was written; rerun to score)", file=sys.stderr)
+        sys.exit(130)

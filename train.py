@@ -375,4 +375,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (checkpoints are written atomically)
+        print("error: interrupted (training stopped: the last checkpoint is kept; rerun with --resume to continue)", file=sys.stderr)
+        sys.exit(130)

@@ -350,3 +350,19 @@ def test_compile_without_a_compiler_warns_and_trains(tiny):
     warn = [line for line in r.stdout.splitlines() if "--compile" in line]
     assert warn == ["warning: --compile: no C++ compiler '/no/such/g++' on PATH; running uncompiled"], r.stdout
     assert latest_step(out) == 2
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(tiny):
+    out = tiny["root"] / "sigint"
+    args = [sys.executable, "train.py", *map(str, tiny["common"] + tiny["a"]), "--out", str(out)]
+    p = subprocess.Popen(args, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while latest_step(out) < 2 and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.005)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate()[1]
+    assert p.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted (training stopped"), err
+    assert "Traceback" not in err
+    ok(run("train.py", *tiny["common"], *tiny["a"], "--resume", "--out", out))
+    assert latest_step(out) == STEPS
