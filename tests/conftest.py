@@ -3,6 +3,7 @@ $T2L_ASSETS (default <repo>/assets) and skip when they are absent, unless T2L_RE
 where a missing asset is a failure."""
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -54,3 +55,17 @@ def private_embedding_cache(tmp_path_factory):
         os.environ.pop("T2L_EMBEDDING_CACHE", None)
     else:
         os.environ["T2L_EMBEDDING_CACHE"] = old
+
+
+def tiny_llama(path, model_dir, hidden=32, heads=4, kv_heads=2, seed=0):
+    """A random 2-layer Llama with the real tokenizer files, saved in HF layout (transformers is test-only)."""
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden,
+                                   num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                                   max_position_embeddings=512, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        shutil.copy(model_dir / f, path / f)
+    return path

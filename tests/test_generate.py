@@ -7,6 +7,8 @@ import shutil
 import pytest
 import torch
 
+from tests import conftest
+
 import eval as ev
 from lora import lora_scale
 from model import Transformer
@@ -17,15 +19,7 @@ N_NEW = 12
 
 
 def tiny_llama(path, model_dir, hidden=32, seed=0):
-    """A random 2-layer Llama with the real tokenizer files, saved in HF layout."""
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=512, tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
-        shutil.copy(model_dir / f, path / f)
-    return path
+    return conftest.tiny_llama(path, model_dir, hidden, heads=4, kv_heads=2, seed=seed)
 
 
 def random_bank(model, n, seed=0, std=0.3):

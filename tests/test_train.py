@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import t2l
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)
@@ -33,14 +33,7 @@ STEPS = 30  # run A: enough steps that run B is still going when it is killed af
 
 
 def tiny_model(path, hidden, model_dir):
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden,
-                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                   max_position_embeddings=512, tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
-        shutil.copy(model_dir / f, path / f)
-    return path
+    return tiny_llama(path, model_dir, hidden, heads=2, kv_heads=1)
 
 
 def tiny_data(root):
