@@ -80,6 +80,16 @@ class Tokenizer:
                             **{k: v for k, v in self.special.items() if v is not None})
 
 
+def lm_eval_encode(tok, context, continuation):
+    """(context ids, continuation ids) as lm-evaluation-harness splits them: trailing spaces of the context move
+    to the continuation, whose tokens are those of the whole string after the context's own tokens."""
+    n = len(context) - len(context.rstrip(" "))
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    ctx = tok.encode(context)
+    return ctx, tok.encode(context + continuation)[len(ctx):]
+
+
 def compile_chat_template(template):
     # the same jinja settings transformers uses, so the rendered string is byte-identical
     from jinja2.exceptions import TemplateError
@@ -175,6 +185,19 @@ def benchmark_path(task, data_dir):
     if task not in SPLITS:
         raise ValueError(f"unknown task '{task}' (choose from {', '.join(TASKS)})")
     return os.path.join(data_dir, "benchmarks", task, SPLITS[task] + ".jsonl")
+
+
+# the benchmarks with a training split (for LoRA training; the others have evaluation splits only)
+TRAIN_TASKS = ("arc_easy", "arc_challenge", "openbookqa", "piqa", "winogrande", "gsm8k")
+
+
+def load_train_split(task, data_dir):
+    if task not in TRAIN_TASKS:
+        raise ValueError(f"{task} has no training split (the benchmarks with one: {', '.join(TRAIN_TASKS)})")
+    path = os.path.join(data_dir, "benchmarks", task, "train.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: run `python prepare.py` (or pass --data DIR)")
+    return read_jsonl(path, task)
 
 
 def load_benchmark(task, data_dir, limit=None):

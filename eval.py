@@ -40,8 +40,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data import (GSM8K_PREFILL, TASKS, Parser, Tokenizer, cloze_item, gsm8k_user, load_benchmark, load_descriptions,
-                  load_eval_descriptions, load_gsm8k, load_sni_eval, load_splits, mc_item, sni_prompt)
+from data import (GSM8K_PREFILL, TASKS, Parser, Tokenizer, cloze_item, gsm8k_user, lm_eval_encode, load_benchmark,
+                  load_descriptions, load_eval_descriptions, load_gsm8k, load_sni_eval, load_splits, mc_item, sni_prompt)
 from lora import load_adapter, lora_scale, set_adapters
 from metrics import exact_match, gsm8k_gold, last_number, numbers_equal, rouge_l
 from model import KVCache, Transformer, compile_model
@@ -119,16 +119,6 @@ def score_mc(model, tok, task, docs, batch_size, device, progress, preamble=None
             correct[i] = int(logits.argmax().item() == gold)
         progress(len(idx))
     return {"acc": correct}
-
-
-def lm_eval_encode(tok, context, continuation):
-    # lm-evaluation-harness: trailing spaces of the context move to the continuation, and the
-    # continuation's tokens are those of the whole string after the context's own tokens
-    n = len(context) - len(context.rstrip(" "))
-    if n:
-        context, continuation = context[:-n], context[-n:] + continuation
-    ctx = tok.encode(context)
-    return ctx, tok.encode(context + continuation)[len(ctx):]
 
 
 def cloze_items(task, docs, preamble=None):

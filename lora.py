@@ -16,7 +16,7 @@ Also here: PEFT-format save/load (adapter_config.json + adapter_model.safetensor
 import json
 import math
 import os
-import shutil
+import re
 import tempfile
 
 import torch
@@ -54,8 +54,9 @@ class LoRALinear(nn.Module):
         if tuple(A.shape) != (r, self.in_features) or tuple(B.shape) != (self.out_features, r):
             raise ValueError(f"adapter shapes A {tuple(A.shape)} B {tuple(B.shape)} do not fit a "
                              f"{self.in_features}->{self.out_features} layer with r={r}")
-        self.lora_A = nn.Parameter(A.to(self.weight))
-        self.lora_B = nn.Parameter(B.to(self.weight))
+        # kept in fp32 whatever the base weights' dtype (an optimiser must not step bf16 parameters); cast per use
+        self.lora_A = nn.Parameter(A.to(self.weight.device, torch.float32))
+        self.lora_B = nn.Parameter(B.to(self.weight.device, torch.float32))
         self.scale = lora_scale(r, alpha, rslora)
 
     def delta_weight(self):
@@ -78,7 +79,7 @@ class LoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)  # (b, T, d_out)
         if self.lora_A is not None and not self.merged:
             xd = F.dropout(x, self.dropout, self.training)
-            y = y + self.scale * F.linear(F.linear(xd, self.lora_A), self.lora_B)
+            y = y + self.scale * F.linear(F.linear(xd, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
         if A is not None:
             # two batched matmuls through the rank-r bottleneck: no per-token copy of A or B
             xd = F.dropout(x, self.dropout, self.training)
@@ -107,8 +108,8 @@ def _peft_key(layer, module, which):
 
 
 def save_adapter(out_dir, adapters, r=R, alpha=ALPHA, base_model_name="", rslora=True):
-    """adapters: {module: (A (n_layers, r, d_in), B (n_layers, d_out, r))} for one example.
-    Written to a temporary folder first and renamed, so a half-written adapter never exists."""
+    """adapters: {module: (A (n_layers, r, d_in), B (n_layers, d_out, r))} for one example. Each file is written
+    under a temporary name and renamed, so a half-written file never exists."""
     tensors = {}
     for module, (A, B) in adapters.items():
         for i in range(A.shape[0]):
@@ -118,16 +119,17 @@ def save_adapter(out_dir, adapters, r=R, alpha=ALPHA, base_model_name="", rslora
               "use_rslora": rslora, "target_modules": sorted(adapters), "lora_dropout": DROPOUT,
               "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
               "base_model_name_or_path": base_model_name}
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".adapter-")
-    save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"))
-    with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    os.makedirs(out_dir, exist_ok=True)  # other files there (a training run's checkpoints, its log) stay
+    for name, write in (("adapter_model.safetensors", lambda p: save_file(tensors, p)),
+                        ("adapter_config.json", lambda p: json.dump(config, open(p, "w"), indent=2))):
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, os.path.join(out_dir, name))
+        except BaseException:
+            os.remove(tmp)
+            raise
 
 
 def load_adapter(model, adapter_dir):
@@ -163,3 +165,83 @@ def load_adapter(model, adapter_dir):
     if unused:
         raise ValueError(f"adapter has tensors this model cannot use, e.g. {sorted(unused)[0]}")
     return cfg
+
+
+# --------------------------------------------------------------------------- a library of adapters
+
+def read_adapter(adapter_dir):
+    """A PEFT LoRA folder as tensors -> (config, {module: (A (n_layers, r, d_in), B (n_layers, d_out, r))})."""
+    cfg_path = os.path.join(adapter_dir, "adapter_config.json")
+    st_path = os.path.join(adapter_dir, "adapter_model.safetensors")
+    for p in (cfg_path, st_path):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter: {os.path.basename(p)} is missing")
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        tensors = load_file(st_path)
+    except Exception as e:  # bad JSON or a truncated safetensors file
+        raise ValueError(f"{adapter_dir}: unreadable adapter ({e})") from None
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{adapter_dir}: a {cfg.get('peft_type')} adapter, not LoRA")
+    found = {}  # (module, A|B) -> {layer: tensor}
+    for key, t in tensors.items():
+        m = re.search(r"layers\.(\d+)\.(?:[^.]+\.)*?([^.]+)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
+        if m is None:
+            raise ValueError(f"{adapter_dir}: tensor {key} is not a per-layer lora_A/lora_B weight")
+        found.setdefault((m[2], m[3]), {})[int(m[1])] = t.float()
+    modules = sorted({name for name, _ in found})
+    adapters = {}
+    for name in modules:
+        A, B = found.get((name, "A"), {}), found.get((name, "B"), {})
+        if sorted(A) != sorted(B) or sorted(A) != list(range(len(A))):
+            raise ValueError(f"{adapter_dir}: {name} needs lora_A and lora_B for every layer 0..n-1")
+        adapters[name] = (torch.stack([A[i] for i in sorted(A)]), torch.stack([B[i] for i in sorted(B)]))
+    if not adapters:
+        raise ValueError(f"{adapter_dir}: the adapter holds no LoRA tensors")
+    return cfg, adapters
+
+
+def load_library(folder, shapes, n_layers, r=R, alpha=ALPHA, rslora=True, exclude=()):
+    """Every subfolder of `folder` is a PEFT adapter named after its task; all must fit the base model
+    (shapes: {module: (d_in, d_out)}, n_layers) with the given rank and scale. -> {task: adapters}"""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"library folder {folder} not found")
+    names = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
+    missing = [t for t in exclude if t not in names]
+    if missing:
+        raise ValueError(f"--exclude {missing[0]}: the library {folder} has no adapter of that name")
+    library = {}
+    for name in names:
+        if name in exclude:
+            continue
+        where = os.path.join(folder, name)
+        cfg, adapters = read_adapter(where)
+        have = (int(cfg.get("r", -1)), float(cfg.get("lora_alpha", -1)), bool(cfg.get("use_rslora", False)))
+        if have != (r, float(alpha), rslora):
+            raise ValueError(f"{where}: r={have[0]}, alpha={have[1]:g}, rslora={have[2]}; the library needs "
+                             f"r={r}, alpha={alpha}, rslora={rslora}")
+        if sorted(adapters) != sorted(shapes):
+            raise ValueError(f"{where}: adapts {', '.join(adapters)}, the library needs {', '.join(sorted(shapes))}")
+        for module, (A, B) in adapters.items():
+            d_in, d_out = shapes[module]
+            if tuple(A.shape) != (n_layers, r, d_in) or tuple(B.shape) != (n_layers, d_out, r):
+                raise ValueError(f"{where}: {module} has A {tuple(A.shape)} and B {tuple(B.shape)}, but the base "
+                                 f"model needs {(n_layers, r, d_in)} and {(n_layers, d_out, r)}: another base model?")
+        library[name] = adapters
+    if len(library) < 2:
+        raise ValueError(f"the library {folder} has {len(library)} adapter(s) left"
+                         f"{' after --exclude' if exclude else ''}: reconstruction z-scores across tasks and needs two or more")
+    return library
+
+
+def library_stats(library, eps=1e-6):
+    """Per-element mean and std of A and B across the library's tasks -> {module: ((A mean, std), (B mean, std))}."""
+    stats = {}
+    for module in next(iter(library.values())):
+        pair = []
+        for i in range(2):
+            x = torch.stack([adapters[module][i] for adapters in library.values()])  # (tasks, L, ...)
+            pair.append((x.mean(0), x.std(0, unbiased=False).clamp(min=eps)))
+        stats[module] = tuple(pair)
+    return stats

@@ -42,6 +42,7 @@ class HyperConfig:
     latent: int = 128  # Lat
     head_in: int = 512  # H
     dropout: float = 0.05
+    zscore: bool = False  # reconstruction: the heads emit z-scores, de-normalised by the library's statistics
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -110,9 +111,24 @@ class HyperNetwork(nn.Module):
             self.ab_norm = nn.LayerNorm(Lat)
         self.heads = nn.ModuleDict({name: Head(cfg.size, cfg.head_in, cfg.r, d_in, d_out)
                                     for name, (d_in, d_out) in cfg.modules.items()})
+        if cfg.zscore:  # per-element mean and std of the library's A and B (set_library_stats), saved with the weights
+            for name, (d_in, d_out) in cfg.modules.items():
+                for ab, shape in (("A", (cfg.n_layers, cfg.r, d_in)), ("B", (cfg.n_layers, d_out, cfg.r))):
+                    self.register_buffer(f"{name}_{ab}_mean", torch.zeros(shape))
+                    self.register_buffer(f"{name}_{ab}_std", torch.ones(shape))
+            for head in self.heads.values():  # no LoRA init in the bias: the network starts at the library's mean
+                nn.init.zeros_(head.bias)
 
-    def forward(self, task_emb):
-        # task_emb: (n, d_e) -> {module: (A (n, L, r, d_in), B (n, L, d_out, r))}
+    @torch.no_grad()
+    def set_library_stats(self, stats):
+        """stats: {module: ((A mean, A std), (B mean, B std))}, each (L, r, d_in) or (L, d_out, r)."""
+        for name, ((am, as_), (bm, bs)) in stats.items():
+            for key, v in ((f"{name}_A_mean", am), (f"{name}_A_std", as_), (f"{name}_B_mean", bm), (f"{name}_B_std", bs)):
+                getattr(self, key).copy_(v)
+
+    def forward(self, task_emb, normalized=False):
+        # task_emb: (n, d_e) -> {module: (A (n, L, r, d_in), B (n, L, d_out, r))}; with cfg.zscore the heads' output
+        # is the z-score of each element and A = mean + std * z (normalized=True: the z-scores, for the recon loss)
         cfg, r = self.cfg, self.cfg.r
         n, L, M = task_emb.shape[0], cfg.n_layers, len(cfg.modules)
         task = self.task_norm(self.task_proj(task_emb))  # (n, Lat/2)
@@ -144,6 +160,9 @@ class HyperNetwork(nn.Module):
             else:  # one rank row of A (d_in) or column of B (d_out) per pass
                 A = y[:, :, 0, :, :d_in] + head.bias  # (n, L, r, d_in)
                 B = y[:, :, 1, :, :d_out].transpose(2, 3)  # (n, L, d_out, r)
+            if cfg.zscore and not normalized:
+                A = getattr(self, f"{name}_A_mean") + getattr(self, f"{name}_A_std") * A
+                B = getattr(self, f"{name}_B_mean") + getattr(self, f"{name}_B_std") * B
             lora[name] = (A, B)
         return lora
 
@@ -339,27 +358,32 @@ def _write_json(path, obj):
         json.dump(obj, f, indent=2)
 
 
-def save_checkpoint(run_dir, hypernet, cfg, meta, optimizer_state=None, step=None, run_config=None):
-    """A complete checkpoint goes into its own folder run_dir/step-NNNNNN (hypernet.safetensors, config.json
-    with hyper config, base-model meta, step and run config [, optimizer.pt]); only then does the file
-    run_dir/latest, replaced atomically, point at it. A run killed at any moment keeps a consistent
-    checkpoint. The previous one is kept too; older ones are removed."""
+def save_state(run_dir, tensors, config, optimizer_state=None, step=None, weights="hypernet.safetensors"):
+    """A complete checkpoint goes into its own folder run_dir/step-NNNNNN (the weights, config.json with the
+    step [, optimizer.pt]); only then does the file run_dir/latest, replaced atomically, point at it. A run
+    killed at any moment keeps a consistent checkpoint. The previous one is kept too; older ones are removed."""
     os.makedirs(run_dir, exist_ok=True)
     name = f"step-{step or 0:06d}"
     ck = os.path.join(run_dir, name)
     os.makedirs(ck, exist_ok=True)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in hypernet.state_dict().items()}
-    _atomic(os.path.join(ck, "hypernet.safetensors"), lambda p: save_file(state, p))
+    state = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    _atomic(os.path.join(ck, weights), lambda p: save_file(state, p))
     if optimizer_state is not None:
         _atomic(os.path.join(ck, "optimizer.pt"), lambda p: torch.save(optimizer_state, p))
-    config = {"hyper": cfg.to_dict(), "meta": meta, "step": step, "run": run_config}
-    _atomic(os.path.join(ck, "config.json"), lambda p: _write_json(p, config))
+    _atomic(os.path.join(ck, "config.json"), lambda p: _write_json(p, {**config, "step": step}))
     previous = _resolve(run_dir)
     _atomic(os.path.join(run_dir, "latest"), lambda p: open(p, "w").write(name + "\n"))
     keep = {name, os.path.basename(previous)}
     for old in os.listdir(run_dir):
         if old.startswith("step-") and old not in keep:
             shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
+
+
+def save_checkpoint(run_dir, hypernet, cfg, meta, optimizer_state=None, step=None, run_config=None, progress=None):
+    """A hypernetwork checkpoint: its weights, its config, the base model's meta, the run's config and the
+    loop's progress (best validation loss and so on), as save_state writes them."""
+    config = {"hyper": cfg.to_dict(), "meta": meta, "run": run_config, "progress": progress}
+    save_state(run_dir, hypernet.state_dict(), config, optimizer_state, step)
 
 
 def _resolve(run_dir):
@@ -371,40 +395,55 @@ def _resolve(run_dir):
     return run_dir
 
 
-def load_checkpoint(run_dir, model=None, device="cpu", expect_meta=None, with_optimizer=False):
-    """-> (hypernet in eval mode, cfg, meta), plus (optimizer state or None, step) with_optimizer.
-    A model (or expect_meta) whose shapes differ from the checkpoint's base model is refused."""
+def load_state(run_dir, weights="hypernet.safetensors", device="cpu", check=None):
+    """-> (config dict, tensors, optimizer state or None) of a checkpoint as save_state writes it (the one
+    run_dir/latest points at, or a checkpoint folder). check(config) runs before the weights are read."""
     run_dir = _resolve(run_dir)
-    cfg_path, st_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "hypernet.safetensors")
+    cfg_path, st_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, weights)
     for p in (cfg_path, st_path):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"checkpoint file missing: {p} (train one with: python train.py)")
     try:
         with open(cfg_path) as f:
-            d = json.load(f)
-        cfg, meta = HyperConfig.from_dict(d["hyper"]), d.get("meta") or {}
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise TypeError("not a JSON object")
+        if check is not None:
+            check(config)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"corrupt checkpoint config {cfg_path}: {e!r}") from None
-    if model is not None:
-        check_base_model(cfg, meta, base_model_meta(model))
-    if expect_meta is not None:
-        check_base_model(cfg, meta, expect_meta)
     try:
         state = load_file(st_path, device=str(device))
     except Exception as e:  # safetensors raises several types for truncated or garbage files
         raise ValueError(f"corrupt checkpoint weights {st_path}: {e}") from None
+    opt_path = os.path.join(run_dir, "optimizer.pt")
+    opt_state = torch.load(opt_path, map_location=device, weights_only=True) if os.path.isfile(opt_path) else None
+    return config, state, opt_state
+
+
+def load_checkpoint(run_dir, model=None, device="cpu", expect_meta=None, with_optimizer=False):
+    """-> (hypernet in eval mode, cfg, meta), plus (optimizer state or None, step, progress) with_optimizer.
+    A model (or expect_meta) whose shapes differ from the checkpoint's base model is refused."""
+    def check(d):
+        cfg, meta = HyperConfig.from_dict(d["hyper"]), d.get("meta") or {}
+        if model is not None:
+            check_base_model(cfg, meta, base_model_meta(model))
+        if expect_meta is not None:
+            check_base_model(cfg, meta, expect_meta)
+
+    d, state, opt_state = load_state(run_dir, device=device, check=check)
+    cfg, meta = HyperConfig.from_dict(d["hyper"]), d.get("meta") or {}
     with torch.device("meta"):  # no init work: every tensor comes from the file
         net = HyperNetwork(cfg)
     expected = net.state_dict()
     bad = sorted(set(expected) ^ set(state)) + [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if bad:
-        raise ValueError(f"checkpoint weights {st_path} do not fit its config.json (e.g. {bad[0]})")
+        raise ValueError(f"checkpoint weights {os.path.join(_resolve(run_dir), 'hypernet.safetensors')} do not fit "
+                         f"its config.json (e.g. {bad[0]})")
     net.load_state_dict(state, assign=True)
     if not with_optimizer:
         return net.eval(), cfg, meta
-    opt_path = os.path.join(run_dir, "optimizer.pt")
-    opt_state = torch.load(opt_path, map_location=device, weights_only=True) if os.path.isfile(opt_path) else None
-    return net.eval(), cfg, meta, opt_state, d.get("step") or 0
+    return net.eval(), cfg, meta, opt_state, d.get("step") or 0, d.get("progress") or {}
 
 
 # --------------------------------------------------------------------------- CLI

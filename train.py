@@ -9,8 +9,10 @@ the next-token loss on the response trains only the hypernetwork.
     python train.py --size large --steps 2000 --out runs/t2l-large --resume
     torchrun --nproc_per_node 2 train.py --size small  # data parallel (gloo on CPU, nccl on GPU)
 """
+import argparse
 import json
 import math
+import re
 import os
 import random
 import sys
@@ -22,19 +24,24 @@ import torch
 import torch.nn.functional as F
 
 import plot
-from data import Parser, Tokenizer, load_descriptions, load_eval_descriptions, load_splits, load_sni_task, sni_prompt
+from data import (GSM8K_PREFILL, TASKS, TRAIN_TASKS, Parser, Tokenizer, cloze_item, gsm8k_user, lm_eval_encode,
+                  load_descriptions, load_eval_descriptions, load_splits, load_sni_task, load_train_split, mc_item, sni_prompt)
+from lora import ALPHA, R, TARGETS, library_stats, load_library, save_adapter, set_adapters
 from model import Transformer, compile_model
-from t2l import (ENCODER, EmbeddingCache, HyperConfig, HyperNetwork, base_model_meta, cache_folder, embed_descriptions,
-                 load_checkpoint, save_checkpoint)
+from t2l import (ENCODER, EmbeddingCache, HyperConfig, HyperNetwork, _resolve, base_model_meta, cache_folder,
+                 embed_descriptions, load_checkpoint, load_state, save_checkpoint, save_state)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def encode_example(tok, definition, inp, out, max_len):
-    """(ids, n_prompt): the chat-templated prompt followed by the response; loss goes on the response."""
-    user = [{"role": "user", "content": sni_prompt(definition, inp)}]
-    prompt = tok.chat(user)
-    full = tok.chat(user + [{"role": "assistant", "content": out}], add_generation_prompt=False)
+# --------------------------------------------------------------------------------------------
+# examples: every training example is (token ids, n_prompt), the loss going on ids[n_prompt:]
+
+def encode_example(tok, user, response, max_len, prefill=""):
+    """The chat-templated user turn (+ the assistant's prefilled first words) followed by the response."""
+    messages = [{"role": "user", "content": user}]
+    prompt = tok.chat(messages) + prefill
+    full = tok.chat(messages + [{"role": "assistant", "content": prefill + response}], add_generation_prompt=False)
     assert full.startswith(prompt), "chat template does not extend the prompt with the response"
     p, t = tok.encode(prompt), tok.encode(full[len(prompt):])  # response incl. the end-of-turn token
     t = t[:max_len // 2]
@@ -44,17 +51,58 @@ def encode_example(tok, definition, inp, out, max_len):
     return p + t, len(p)
 
 
+def benchmark_examples(tok, data_dir, task, max_len, scoring="cloze"):
+    """A benchmark's training split rendered the way its evaluation reads it: in cloze, lm-eval's plain context
+    and the right continuation (no chat template); in mc, the paper's prompt and the answer string; GSM8K in
+    its chat prompt, the worked solution (calculator notes removed) after the prefilled first words."""
+    examples = []
+    for doc in load_train_split(task, data_dir):
+        if task == "gsm8k":
+            solution = re.sub(r"<<[^>]*>>", "", doc["answer"])
+            examples.append(encode_example(tok, gsm8k_user(doc["question"]), " " + solution, max_len, GSM8K_PREFILL))
+        elif scoring == "cloze":
+            contexts, continuations, gold, _ = cloze_item(task, doc)
+            ctx, cont = lm_eval_encode(tok, contexts[gold], continuations[gold])
+            ctx = ctx[max(0, len(ctx) + len(cont) - max_len):]  # a long context loses its start
+            examples.append((ctx + cont, len(ctx)))
+        else:
+            user, labels, gold = mc_item(task, doc)
+            examples.append(encode_example(tok, user, labels[gold], max_len))
+    return examples
+
+
+def sni_examples(tok, data_dir, name, max_len):
+    task = load_sni_task(os.path.join(data_dir, "sni", name + ".json"))
+    return [encode_example(tok, sni_prompt(task["definition"], i), o, max_len) for i, o in task["instances"]]
+
+
 def load_tasks(tok, data_dir, names, max_len, n_desc):
-    """{task: (examples [(ids, n_prompt)], descriptions [str])} for the tasks present in data_dir."""
-    tasks = {}
-    for name in names:
-        path = os.path.join(data_dir, "sni", name + ".json")
-        if not os.path.isfile(path):
-            continue
-        task = load_sni_task(path)
-        examples = [encode_example(tok, task["definition"], i, o, max_len) for i, o in task["instances"]]
-        tasks[name] = (examples, load_descriptions(data_dir, name)[:n_desc])
-    return tasks
+    """{task: (examples [(ids, n_prompt)], descriptions [str])} for the SNI tasks present in data_dir."""
+    return {name: (sni_examples(tok, data_dir, name, max_len), load_descriptions(data_dir, name)[:n_desc] if n_desc else [])
+            for name in names if os.path.isfile(os.path.join(data_dir, "sni", name + ".json"))}
+
+
+def task_names(spec, data_dir):
+    """--tasks: a comma list of benchmarks with a training split and SNI task names; `sni` is every SNI training
+    task present, `sni:N` the first N of them (sorted by name)."""
+    splits, names = load_splits(data_dir), []
+    present = sorted(t for t in splits["train"] if os.path.isfile(os.path.join(data_dir, "sni", t + ".json")))
+    for item in (x.strip() for x in spec.split(",")):
+        if item == "sni" or item.startswith("sni:"):
+            n = item[4:]
+            if n and not (n.isdigit() and int(n) > 0):
+                raise ValueError(f"--tasks {item}: write sni:N with N a positive number")
+            names += present[:int(n)] if n else present
+        elif item in TASKS and item not in TRAIN_TASKS:
+            raise ValueError(f"{item} has no training split (the benchmarks with one: {', '.join(TRAIN_TASKS)})")
+        elif item in TRAIN_TASKS or os.path.isfile(os.path.join(data_dir, "sni", item + ".json")):
+            names.append(item)
+        else:
+            raise ValueError(f"unknown task '{item}': not a benchmark with a training split ({', '.join(TRAIN_TASKS)}), "
+                             f"nor an SNI task file in {data_dir}/sni, nor 'sni' / 'sni:N'")
+    if not names:
+        raise ValueError(f"--tasks {spec}: no task found (no SNI training task file in {data_dir}/sni?)")
+    return list(dict.fromkeys(names))
 
 
 def make_batch(examples, pad_id, device):
@@ -141,17 +189,342 @@ def t2l_step(model, hypernet, emb, examples, pad_id, device, budget, ctx, label_
     return ce, ce + reg * l2.detach(), computed
 
 
+def recon_l1(hypernet, emb, targets):
+    """Reconstruction (T2L_NOTES section 6): L1 between the hypernetwork's z-scores and the library adapters'
+    z-scored A and B, each tensor kind weighted equally. targets: {module: (zA (n, L, r, d_in), zB (n, L, d_out, r))}"""
+    z = hypernet(emb, normalized=True)
+    return sum(F.l1_loss(z[k][0], A) + F.l1_loss(z[k][1], B) for k, (A, B) in targets.items()) / (2 * len(targets))
+
+
+@torch.no_grad()
+def mean_ce(model, examples, pad_id, device, budget, ctx):
+    """Mean response cross-entropy (no smoothing, no noise) over examples, in length-grouped micro-batches."""
+    total = 0.0
+    for g in micro_batches([len(ids) for ids, _ in examples], budget):
+        ids, mask, target = make_batch([examples[i] for i in g], pad_id, device)
+        with ctx:
+            total += response_ce(model, ids, mask, target, label_smoothing=0.0).sum().item()
+    return total / len(examples)
+
+
 def sample_batch(tasks, names, n_tasks, k, seed):
-    """n tasks x k examples, each with one of its task's descriptions; a function of the seed alone,
-    so a resumed run sees exactly the batches it would have seen."""
+    """n tasks x k examples, each with one of its task's descriptions (None for a task without); a function of the
+    seed alone, so a resumed run sees exactly the batches it would have seen. Fewer tasks than n (a single-task
+    LoRA): the batch's n x k examples are spread over them."""
     rng = random.Random(seed)
+    if len(names) >= n_tasks:
+        chosen = [(name, k) for name in rng.sample(names, n_tasks)]
+    else:
+        q, extra = divmod(n_tasks * k, len(names))
+        chosen = [(name, q + (i < extra)) for i, name in enumerate(names)]
     batch = []
-    for name in rng.sample(names, min(n_tasks, len(names))):
+    for name, m in chosen:
         examples, descs = tasks[name]
-        for ex in rng.sample(examples, min(k, len(examples))):
-            batch.append((ex, (name, rng.randrange(len(descs)))))
+        for ex in rng.sample(examples, min(m, len(examples))):
+            batch.append((ex, (name, rng.randrange(len(descs))) if descs else None))
     return batch
 
+
+def embedding_cache(args, model, tok, texts, log, first_step):
+    """Description embeddings (the encoder never runs in a training step), computed once per base model and dtype
+    into a cache shared by every run; under DDP rank 0 embeds and the others read its shards."""
+    folder = cache_folder(args.embedding_cache, args.model, args.dtype)
+    cache = EmbeddingCache(partial(embed_descriptions, model, tok, batch_size=64), folder, tag=ENCODER)
+    ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
+    master = not ddp or torch.distributed.get_rank() == 0
+    if ddp and not master:
+        torch.distributed.barrier()
+    t0 = time.time()
+    n_new = cache.fill(texts, log=log)
+    if ddp and master:
+        torch.distributed.barrier()
+    log(f"descriptions: {len(set(texts))} needed by steps {first_step}-{args.steps} and validation, {n_new} embedded, "
+        f"the rest from the cache {folder}, {time.time() - t0:.0f}s")
+    return cache
+
+
+# --------------------------------------------------------------------------------------------
+# the three recipes. Each holds what it trains (params) and says how a step's batch is drawn (sample), what its
+# loss is (loss: forward and backward), how it is validated and saved; train() below is the one loop for all.
+
+def check_meta(saved, meta, where):
+    keys = ("n_layers", "dim", "vocab_size", "lora_shapes")
+    bad = [k for k in keys if saved.get(k) != meta.get(k)]
+    if bad:
+        raise ValueError(f"{where} was trained on base model '{saved.get('base_model', '?')}' ({bad[0]}="
+                         f"{saved.get(bad[0])}), not '{meta['base_model']}' ({bad[0]}={meta.get(bad[0])}): pass that model")
+
+
+class SFT:
+    """Text-to-LoRA by supervised fine-tuning (T2L_NOTES section 5): every example wears the adapter generated
+    from one of its task's descriptions; the base model's loss on the response trains the hypernetwork."""
+
+    def __init__(self, args, model, tok, meta, out, log):
+        self.args, self.model, self.tok, self.meta = args, model, tok, meta
+        self.step, self.opt_state, self.progress = 0, None, {}
+        if args.resume and os.path.exists(os.path.join(out, "latest")):  # another base model is refused first
+            self.net, self.cfg, _, self.opt_state, self.step, self.progress = load_checkpoint(
+                out, with_optimizer=True, expect_meta=meta)
+            if self.cfg.zscore:
+                raise ValueError(f"{out} holds a reconstruction run: resume it with --recon LIBRARY")
+            if self.cfg.size != args.size:
+                raise ValueError(f"{out} holds a '{self.cfg.size}' hypernetwork, not '{args.size}': pass --size {self.cfg.size}")
+        splits = load_splits(args.data)
+        self.tasks = load_tasks(tok, args.data, splits["train"], args.max_len, args.descriptions_per_task)
+        val_tasks = load_tasks(tok, args.data, splits["heldout"], args.max_len, 0)
+        if not self.tasks:
+            raise ValueError(f"none of the {len(splits['train'])} training tasks is in {args.data}/sni (run: python prepare.py)")
+        self.names = sorted(self.tasks)
+        log(f"training tasks: {len(self.names)} of the {len(splits['train'])} in the paper's split are present; "
+            f"{sum(len(t[0]) for t in self.tasks.values())} examples; held-out tasks: {len(val_tasks)}")
+        # only the (task, description) pairs this run's steps draw are embedded: sample_batch is a function of
+        # the seed alone, so they are known up front
+        used = sorted({d for s in range(self.step, args.steps) for _, d in self.sample(s)})  # [(task, j)]
+        eval_descs = load_eval_descriptions(args.data)["eval_descriptions"]  # {task: [3 held-out descriptions]}
+        val_descs = {name: eval_descs.get(name) or load_descriptions(args.data, name)[:3] for name in val_tasks}
+        cache = embedding_cache(args, model, tok, [self.tasks[n][1][j] for n, j in used]
+                                + [d for ds in val_descs.values() for d in ds], log, self.step)
+        self.emb = {}  # {task: {description index: (dim,)}}
+        for (name, j), e in zip(used, cache([self.tasks[name][1][j] for name, j in used])):
+            self.emb.setdefault(name, {})[j] = e
+        self.val = []  # fixed: the first examples of each held-out task, each with one of its held-out descriptions
+        for name, (examples, _) in sorted(val_tasks.items()):
+            e = cache(val_descs[name])
+            self.val += [(ex, e[i % len(e)]) for i, ex in enumerate(examples[:args.val_examples or 8])]
+        if not self.step:
+            self.cfg = HyperConfig(size=args.size, emb_dim=model.config.dim, n_layers=model.config.n_layers,
+                                   modules={k: tuple(v) for k, v in model.lora_shapes().items()}, latent=args.latent,
+                                   dropout=args.dropout)
+            torch.manual_seed(args.seed)
+            self.net = HyperNetwork(self.cfg)
+        self.net = self.net.to(args.device).train()
+        self.params = list(self.net.parameters())
+        log(f"hypernetwork {args.size}: {sum(p.numel() for p in self.params) / 1e6:.2f}M parameters")
+
+    def sample(self, step):
+        a = self.args
+        return sample_batch(self.tasks, self.names, a.tasks_per_batch, a.examples_per_task, a.seed * 1_000_003 + step)
+
+    def loss(self, batch, ctx):
+        a = self.args
+        emb = torch.stack([self.emb[name][j] for _, (name, j) in batch]).to(a.device)
+        ce, loss, _ = t2l_step(self.model, self.net, emb, [ex for ex, _ in batch], self.tok.pad_id, a.device,
+                               a.micro_tokens, ctx, a.label_smoothing, a.reg, a.neftune)
+        return ce, loss
+
+    @torch.no_grad()
+    def validate(self, ctx):
+        if not self.val:
+            return None
+        total = 0.0
+        for b in range(0, len(self.val), 8):
+            chunk = self.val[b:b + 8]
+            ids, mask, target = make_batch([ex for ex, _ in chunk], self.tok.pad_id, self.args.device)
+            emb = torch.stack([e for _, e in chunk]).to(self.args.device)
+            with ctx:
+                ce, _ = t2l_loss(self.model, self.net, emb, ids, mask, target, label_smoothing=0.0, reg=0.0)
+            total += ce.item() * len(chunk)
+        return total / len(self.val)
+
+    def save(self, out, opt_state, step, run_config, progress):
+        save_checkpoint(out, self.net, self.cfg, self.meta, opt_state, step, run_config, progress)
+
+    def export(self, out):  # the checkpoint is the product
+        pass
+
+
+class LoRA:
+    """One static LoRA (the paper's: r 8, alpha 16, rsLoRA, q_proj and v_proj) trained through the frozen base
+    model on the examples of one or more tasks; the adapter with the best validation loss is written to the run
+    folder in PEFT format. `--tasks sni` is the multi-task LoRA baseline: SFT's data, sampler and validation set."""
+    weights = "lora.safetensors"
+
+    def __init__(self, args, model, tok, meta, out, log, names):
+        self.args, self.model, self.tok, self.meta, self.names = args, model, tok, meta, names
+        self.step, self.opt_state, self.progress = 0, None, {}
+        torch.manual_seed(args.seed)  # the same initial A for every adapter of a library: their A's start aligned
+        self.modules = [getattr(layer.self_attn, t) for layer in model.model.layers for t in TARGETS]
+        for mod in self.modules:
+            mod.add_adapter(R, ALPHA, rslora=True)
+        self.params = [p for mod in self.modules for p in (mod.lora_A, mod.lora_B)]
+        if args.resume and os.path.exists(os.path.join(out, "latest")):
+            def check(config):
+                check_meta(config["meta"], meta, out)
+                if config["tasks"] != names:
+                    raise ValueError(f"{out} trains on {','.join(config['tasks'])}, not {','.join(names)}")
+            config, state, self.opt_state = load_state(out, self.weights, check=check)
+            with torch.no_grad():
+                for i, p in enumerate(self.params):
+                    p.copy_(state[f"p{i}"])
+            self.step, self.progress = config["step"] or 0, config.get("progress") or {}
+        self.tasks, self.val = {}, []
+        if args.tasks == "sni":  # all of every training task, validated like SFT: the held-out SNI tasks
+            for name in names:
+                self.tasks[name] = (sni_examples(tok, args.data, name, args.max_len), [])
+            for name, (examples, _) in sorted(load_tasks(tok, args.data, load_splits(args.data)["heldout"],
+                                                         args.max_len, 0).items()):
+                self.val += examples[:args.val_examples or 8]
+            held = "the held-out SNI tasks' first examples"
+        else:  # the last 10% of each task's training data is its validation set (the paper's oracles)
+            for name in names:
+                ex = (benchmark_examples(tok, args.data, name, args.max_len, args.scoring or "cloze")
+                      if name in TRAIN_TASKS else sni_examples(tok, args.data, name, args.max_len))
+                if len(ex) < 2:
+                    raise ValueError(f"task {name} has {len(ex)} example(s): too few to hold out a validation part")
+                n_val = max(1, len(ex) // 10)
+                self.tasks[name] = (ex[:-n_val], [])
+                self.val += ex[-n_val:][:args.val_examples or 200]
+            held = "the last 10% of each task"
+        log(f"LoRA r={R} alpha={ALPHA} on {','.join(TARGETS)} ({sum(p.numel() for p in self.params) / 1e6:.2f}M "
+            f"parameters); {len(names)} task(s), {sum(len(t[0]) for t in self.tasks.values())} training examples; "
+            f"validation: {len(self.val)} examples ({held})")
+
+    def sample(self, step):
+        a = self.args
+        return sample_batch(self.tasks, self.names, a.tasks_per_batch, a.examples_per_task, a.seed * 1_000_003 + step)
+
+    def loss(self, batch, ctx):
+        a = self.args
+        ce, _ = accumulate(self.model, [ex for ex, _ in batch], self.tok.pad_id, a.device, a.micro_tokens, ctx,
+                           None, a.label_smoothing, a.neftune)
+        return ce, ce
+
+    def validate(self, ctx):
+        self.model.eval()
+        v = mean_ce(self.model, self.val, self.tok.pad_id, self.args.device, self.args.micro_tokens, ctx)
+        self.model.train()
+        return v
+
+    def save(self, out, opt_state, step, run_config, progress):
+        config = {"meta": self.meta, "tasks": self.names, "run": run_config, "progress": progress}
+        save_state(out, {f"p{i}": p for i, p in enumerate(self.params)}, config, opt_state, step, self.weights)
+
+    def adapters(self):
+        L = len(self.model.model.layers)
+        return {t: (torch.stack([m.lora_A for m in self.modules[i::len(TARGETS)]]),
+                    torch.stack([m.lora_B for m in self.modules[i::len(TARGETS)]])) for i, t in enumerate(TARGETS)
+                if len(self.modules[i::len(TARGETS)]) == L}
+
+    def export(self, out):
+        save_adapter(out, self.adapters(), R, ALPHA, base_model_name=self.meta["base_model"])
+
+
+class Recon:
+    """Text-to-LoRA by reconstruction (T2L_NOTES section 6): the hypernetwork learns to output each library
+    adapter from its task's descriptions. No base-model forward in a step: the loss is L1 on z-scored A and B."""
+
+    def __init__(self, args, model, tok, meta, out, log):
+        self.args, self.meta = args, meta
+        self.step, self.opt_state, self.progress = 0, None, {}
+        library = load_library(args.recon, model.lora_shapes(), model.config.n_layers, exclude=args.exclude)
+        for name in library:
+            if not adapter_complete(os.path.join(args.recon, name)):
+                raise ValueError(f"{os.path.join(args.recon, name)} is still training: finish the library first")
+        self.names = sorted(library)
+        if args.resume and os.path.exists(os.path.join(out, "latest")):
+            self.net, self.cfg, _, self.opt_state, self.step, self.progress = load_checkpoint(
+                out, with_optimizer=True, expect_meta=meta)
+            saved = json.load(open(os.path.join(_resolve(out), "config.json")))["run"].get("library_tasks")
+            if not self.cfg.zscore or saved != self.names:
+                raise ValueError(f"{out} is not a reconstruction run of this library ({len(self.names)} tasks): "
+                                 f"pass the same --recon and --exclude, or another --out")
+        eval_descs = load_eval_descriptions(args.data)["eval_descriptions"]
+        self.tasks, val_descs = {}, {}
+        for name in self.names:
+            path = os.path.join(args.data, "tasks", "descriptions", name + ".json")
+            if not os.path.isfile(path):
+                raise ValueError(f"library task '{name}' has no descriptions ({path}): name library adapters after tasks")
+            descs = load_descriptions(args.data, name)
+            self.tasks[name] = ([name], descs[:args.descriptions_per_task])
+            # held out: the task's 3 evaluation descriptions, else 3 generated ones past the training ones
+            val_descs[name] = eval_descs.get(name) or descs[args.descriptions_per_task:][:3]
+        stats = library_stats(library)
+        self.targets = {name: {k: tuple((x - m) / s for x, (m, s) in zip(library[name][k], stats[k])) for k in stats}
+                        for name in self.names}  # {task: {module: (zA, zB)}}
+        self.library = library
+        used = sorted({d for s in range(self.step, args.steps) for _, d in self.sample(s)})
+        cache = embedding_cache(args, model, tok, [self.tasks[n][1][j] for n, j in used]
+                                + [d for ds in val_descs.values() for d in ds], log, self.step)
+        self.emb = {(n, j): e for (n, j), e in zip(used, cache([self.tasks[n][1][j] for n, j in used]))}
+        self.val = [(name, e) for name, ds in val_descs.items() if ds for e in cache(ds)]
+        self.train_emb = {name: cache(self.tasks[name][1][:3]) for name in self.names}  # for the error report
+        if not self.step:
+            self.cfg = HyperConfig(size=args.size, emb_dim=model.config.dim, n_layers=model.config.n_layers,
+                                   modules={k: tuple(v) for k, v in model.lora_shapes().items()}, latent=args.latent,
+                                   dropout=args.dropout, zscore=True)
+            torch.manual_seed(args.seed)
+            self.net = HyperNetwork(self.cfg)
+            self.net.set_library_stats(stats)
+        self.net = self.net.to(args.device).train()
+        self.params = list(self.net.parameters())
+        log(f"reconstruction of {len(self.names)} adapters in {args.recon}"
+            f"{' without ' + ','.join(args.exclude) if args.exclude else ''}; hypernetwork {args.size}: "
+            f"{sum(p.numel() for p in self.params) / 1e6:.2f}M parameters; validation: {len(self.val)} held-out descriptions")
+
+    def sample(self, step):
+        return sample_batch(self.tasks, self.names, self.args.tasks_per_batch, 1, self.args.seed * 1_000_003 + step)
+
+    def batch_targets(self, names):
+        return {k: tuple(torch.stack([self.targets[n][k][i] for n in names]).to(self.args.device) for i in range(2))
+                for k in self.cfg.modules}
+
+    def loss(self, batch, ctx):
+        emb = torch.stack([self.emb[d] for _, d in batch]).to(self.args.device)
+        with ctx:
+            l1 = recon_l1(self.net, emb, self.batch_targets([name for name, _ in batch]))
+        l1.backward()
+        return l1.detach(), l1.detach()
+
+    @torch.no_grad()
+    def validate(self, ctx):
+        if not self.val:
+            return None
+        self.net.eval()
+        emb = torch.stack([e for _, e in self.val]).to(self.args.device)
+        with ctx:
+            v = recon_l1(self.net, emb, self.batch_targets([name for name, _ in self.val])).item()
+        self.net.train()
+        return v
+
+    def save(self, out, opt_state, step, run_config, progress):
+        run_config = {**run_config, "library_tasks": self.names}
+        save_checkpoint(out, self.net, self.cfg, self.meta, opt_state, step, run_config, progress)
+
+    def export(self, out):
+        pass
+
+    @torch.no_grad()
+    def errors(self):
+        """{task: relative errors of A, B and delta W = B A} of the adapters generated from the task's first 3
+        training descriptions (mean over them), against the library adapter; all layers and modules pooled."""
+        self.net.eval()
+        out = {}
+        for name in self.names:
+            gen = self.net(self.train_emb[name].to(self.args.device))
+            sq = {"A": [0.0, 0.0], "B": [0.0, 0.0], "dW": [0.0, 0.0]}
+            for k, (A, B) in self.library[name].items():
+                gA, gB = gen[k][0].float().cpu(), gen[k][1].float().cpu()
+                for key, g, t in (("A", gA, A), ("B", gB, B), ("dW", gB @ gA, B @ A)):
+                    sq[key][0] += (g - t).pow(2).flatten(1).sum(1)  # per description
+                    sq[key][1] += t.pow(2).sum()
+            out[name] = {key: ((e / n).sqrt().mean().item()) for key, (e, n) in sq.items()}
+        self.net.train()
+        return out
+
+
+def adapter_complete(folder):
+    """A library member is complete when its run finished (the steps, or early stopping), or when it is an
+    adapter from elsewhere (PEFT files, no run of ours in the folder)."""
+    if os.path.isfile(os.path.join(folder, "latest")):
+        try:
+            return bool(json.load(open(os.path.join(_resolve(folder), "config.json"))).get("progress", {}).get("finished"))
+        except (OSError, ValueError):
+            return False
+    return os.path.isfile(os.path.join(folder, "adapter_config.json"))
+
+
+# --------------------------------------------------------------------------------------------
+# one loop for every recipe: learning-rate schedule, clipping, data parallel, logging, checkpoints, early stopping
 
 def positive(s):
     v = int(s)
@@ -165,15 +538,123 @@ def lr_at(step, steps, lr, warmup):
     return lr * (step + 1) / w if step < w else lr * max(0.0, (steps - step) / max(1, steps - w))
 
 
-def main():
+def train(recipe, args, out, log, rank=0, world=1):
+    """Train recipe.params to args.steps (or until early stopping); resumable at every checkpoint. -> progress"""
+    master, ddp = rank == 0, world > 1
+    step, progress = recipe.step, {"best_val": None, "best_step": None, "bad_evals": 0, "finished": False,
+                                   **recipe.progress}
+    if progress["finished"]:
+        log(f"{out}: finished already at step {step} (best validation loss {progress['best_val']} at step "
+            f"{progress['best_step']})")
+        return progress
+    opt = torch.optim.AdamW(recipe.params, lr=args.lr, weight_decay=args.weight_decay)
+    if recipe.opt_state is not None:
+        opt.load_state_dict(recipe.opt_state)
+    cuda = args.device.startswith("cuda")
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    run_cfg = {**vars(args), "out": out}
+
+    def stop(what):
+        kept = f"the last good checkpoint (step {saved}) in {out} is kept" if saved is not None else "nothing was saved"
+        print(f"error: {what} at step {step}; stopping: {kept} (try a lower --lr)", file=sys.stderr)
+        sys.exit(1)
+
+    def checkpoint(train_loss):
+        v = recipe.validate(ctx)
+        if v is not None and not math.isfinite(v):
+            stop(f"validation loss is {v}")
+        if v is not None and (progress["best_val"] is None or v < progress["best_val"]):
+            progress.update(best_val=v, best_step=step, bad_evals=0)
+            recipe.export(out)
+        elif v is not None:
+            progress["bad_evals"] += 1
+        early = args.patience and progress["bad_evals"] >= args.patience
+        progress["finished"] = bool(step >= args.steps or early)
+        log(f"step {step} | val loss {v if v is None else round(v, 4)}" + (
+            f" | no better than step {progress['best_step']} for {progress['bad_evals']} evaluations: stopping early"
+            if early else ""))
+        recipe.save(out, opt.state_dict(), step, run_cfg, progress)
+        with open(os.path.join(out, "log.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "val_loss": v, "train_loss": train_loss}) + "\n")
+        plot.loss_plot(out)  # run_dir/loss.svg, redrawn from log.jsonl
+        return step
+
+    saved = step if step else None
+    if step == 0 and master:  # the initial state is a checkpoint too (for SFT and plain LoRA: the base model)
+        saved = checkpoint(None)
+    t0 = t_last = time.time()
+    tokens, step_start = 0, step  # for tok/s and the ETA (mean step time so far, checkpoints included)
+    while step < args.steps and not progress["finished"]:
+        batch = recipe.sample(step)[rank::world]  # each process takes its share of the global batch
+        torch.manual_seed(args.seed * 1_000_003 + step * world + rank)  # dropout and NEFTune noise, resumable
+        lr = lr_at(step, args.steps, args.lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        ce, loss = recipe.loss(batch, ctx)
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1).to(args.device)
+        if ddp:  # every process stops together, none is left waiting in an all-reduce
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item():
+            stop(f"loss is {loss.item()}")
+        if ddp:  # the mean gradient over processes: each one's loss is the mean over its equal share
+            for p in recipe.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+        gnorm = torch.nn.utils.clip_grad_norm_(recipe.params, 1.0)
+        opt.step()
+        step += 1
+        tokens += sum(len(ex[0]) for ex, _ in batch if isinstance(ex, tuple))  # real tokens, padding not counted
+        if step % args.log_every == 0 or step == args.steps:
+            stats = torch.tensor([ce.detach().float().item(), float(tokens)], device=args.device)
+            if ddp:  # mean loss and total tokens over all processes
+                torch.distributed.all_reduce(stats)
+                stats[0] /= world
+            dt, (loss_avg, n_tokens) = time.time() - t_last, stats.tolist()
+            log(f"step {step} | loss {loss_avg:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
+                + (f"{n_tokens / dt:.0f} tok/s | " if n_tokens else "") + f"{time.time() - t0:.0f}s | "
+                f"eta {(time.time() - t0) / (step - step_start) * (args.steps - step) / 60:.1f} min")
+            t_last, tokens = time.time(), 0
+        if step % args.eval_every == 0 or step == args.steps:
+            if master:
+                saved = checkpoint(round(ce.item(), 4))
+            if ddp:  # rank 0 decided on early stopping: everyone follows
+                flag = torch.tensor([float(progress["finished"])], device=args.device)
+                torch.distributed.broadcast(flag, 0)
+                progress["finished"] = bool(flag.item())
+    return progress
+
+
+# --------------------------------------------------------------------------------------------
+
+DEFAULTS = {"sft": {"lr": 1e-4, "patience": 0}, "lora": {"lr": 2e-4, "patience": 3}, "recon": {"lr": 1e-3, "patience": 0}}
+
+
+def parse_args(argv=None):
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=("large", "medium", "small"), default="small")
+    p.add_argument("--lora", action="store_true", help="train one plain LoRA on --tasks (into --out) or one per task "
+                                                       "(into --library) instead of a hypernetwork")
+    p.add_argument("--tasks", default=None, help="with --lora: comma list of benchmarks with a training split "
+                   f"({', '.join(TRAIN_TASKS)}) and SNI task names; 'sni' = every SNI training task, 'sni:N' the first N")
+    p.add_argument("--library", default=None, help="with --lora: build a library, one adapter per task in DIR/<task>; "
+                                                   "complete adapters are skipped, unfinished ones resumed")
+    p.add_argument("--recon", default=None, metavar="LIBRARY", help="train the hypernetwork to reconstruct the "
+                                                                    "adapters of a library folder")
+    p.add_argument("--exclude", default="", help="with --recon: comma list of library tasks to leave out")
+    p.add_argument("--scoring", choices=("cloze", "mc"), default=None,
+                   help="with --lora: how benchmark examples are rendered (default cloze; mc: the paper's letter prompt)")
     p.add_argument("--steps", type=positive, default=1000)
     p.add_argument("--tasks-per-batch", type=positive, default=8, help="n tasks per step (paper: 8)")
     p.add_argument("--examples-per-task", type=positive, default=1, help="k examples of each (paper: 1)")
-    p.add_argument("--lr", type=float, default=1e-4, help="paper: 2.5e-5 for 1.18M steps; short runs need more")
+    p.add_argument("--lr", type=float, default=None, help="default: " + ", ".join(
+        f"{m} {d['lr']:g}" for m, d in DEFAULTS.items()) + " (paper SFT: 2.5e-5 for 1.18M steps; short runs need more)")
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps of linear warmup")
     p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--patience", type=int, default=None, help="stop after N evaluations without a better validation "
+                                                              "loss (default: 3 with --lora, else never)")
     p.add_argument("--max-len", type=positive, default=256, help="tokens per example (paper: 512)")
     p.add_argument("--micro-tokens", type=positive, default=1024,
                    help="padded tokens per micro-batch (examples grouped by length; the step's result does not depend "
@@ -181,26 +662,48 @@ def main():
     p.add_argument("--descriptions-per-task", type=positive, default=128, help="first N generated descriptions (paper: 128)")
     p.add_argument("--neftune", type=float, default=5.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--reg", type=float, default=1e-3, help="weight of the L2 on generated A and B")
+    p.add_argument("--reg", type=float, default=1e-3, help="weight of the L2 on generated A and B (SFT)")
     p.add_argument("--latent", type=int, default=128)
     p.add_argument("--dropout", type=float, default=0.05, help="hypernetwork dropout and LoRA input dropout (paper: 0.05)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="base model weights (hypernetwork stays fp32)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="base model weights (what trains stays fp32)")
     p.add_argument("--model", default="assets/models/SmolLM2-135M-Instruct")
     p.add_argument("--data", default="assets/data")
     p.add_argument("--embedding-cache", default=os.environ.get("T2L_EMBEDDING_CACHE", "assets/cache/embeddings"),
                    help="description embeddings shared by every run, one folder per base model and dtype "
                         "(default $T2L_EMBEDDING_CACHE or assets/cache/embeddings)")
-    p.add_argument("--out", default=None, help="run folder (default runs/t2l-<size>)")
+    p.add_argument("--out", default=None, help="run folder (default runs/t2l-<size>, runs/recon-<size>; --lora: the "
+                                               "adapter folder, required)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the base model (needs g++ on CPU, triton on CUDA)")
     p.add_argument("--log-every", type=positive, default=10)
     p.add_argument("--eval-every", type=positive, default=100)
-    p.add_argument("--val-examples", type=positive, default=8, help="per held-out task")
+    p.add_argument("--val-examples", type=positive, default=None,
+                   help="validation examples per task (default: 8 per held-out SNI task; --lora on named tasks: up to "
+                        "200 of each task's last 10%%)")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
-    out = args.out or f"runs/t2l-{args.size}"
+    args = p.parse_args(argv)
+    args.mode = "recon" if args.recon else "lora" if args.lora else "sft"
+    args.exclude = [t for t in args.exclude.split(",") if t.strip()]
+    for key, value in DEFAULTS[args.mode].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    wrong = [(args.recon and args.lora, "--recon and --lora are two different recipes: pass one"),
+             (args.lora and not args.tasks, "--lora needs --tasks (e.g. --tasks arc_easy, or sni)"),
+             (args.lora and not (args.out or args.library), "--lora needs --out DIR (the adapter) or --library DIR"),
+             (args.lora and args.out and args.library, "pass --out (one adapter) or --library (one per task), not both"),
+             (not args.lora and (args.tasks or args.library or args.scoring),
+              "--tasks, --library and --scoring go with --lora"),
+             (args.exclude and not args.recon, "--exclude goes with --recon")]
+    for bad, why in wrong:
+        if bad:
+            p.error(why)
+    args.out = args.out or args.library or f"runs/{'recon' if args.recon else 't2l'}-{args.size}"
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
     ddp = "RANK" in os.environ
     rank, world = 0, 1
     if ddp:
@@ -209,169 +712,73 @@ def main():
         if args.device.startswith("cuda"):
             args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(args.device)
-    master = rank == 0
-    log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
-
-    latest = os.path.join(out, "latest")
+    log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     try:
-        if os.path.exists(latest) and not args.resume:
-            raise ValueError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+        if os.path.exists(os.path.join(args.out, "latest")) and not args.resume and not args.library:
+            raise ValueError(f"{args.out} already holds a run: pass --resume to continue it, or another --out")
         if (args.tasks_per_batch * args.examples_per_task) % world:
             raise ValueError(f"the global batch ({args.tasks_per_batch} x {args.examples_per_task}) must split evenly "
                              f"over {world} processes")
+        names = task_names(args.tasks, args.data) if args.lora else None
         model = Transformer.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
         model.requires_grad_(False)
         meta = base_model_meta(model, os.path.abspath(args.model))
-        step, opt_state = 0, None
-        if args.resume and os.path.exists(latest):  # refuse a checkpoint of another base model before anything else
-            hypernet, cfg, _, opt_state, step = load_checkpoint(out, with_optimizer=True, expect_meta=meta)
-            if cfg.size != args.size:
-                raise ValueError(f"{out} holds a '{cfg.size}' hypernetwork, not '{args.size}': pass --size {cfg.size}")
-            hypernet = hypernet.to(args.device).train()
-        elif args.resume:
-            log(f"no checkpoint in {out} yet: starting from scratch")
         tok = Tokenizer(args.model)
-        splits = load_splits(args.data)
-        tasks = load_tasks(tok, args.data, splits["train"], args.max_len, args.descriptions_per_task)
-        val_tasks = load_tasks(tok, args.data, splits["heldout"], args.max_len, 0)
-        if not tasks:
-            raise ValueError(f"none of the {len(splits['train'])} training tasks is in {args.data}/sni (run: python prepare.py)")
-        names = sorted(tasks)
-        log(f"training tasks: {len(names)} of the {len(splits['train'])} in the paper's split are present; "
-            f"{sum(len(t[0]) for t in tasks.values())} examples; held-out tasks: {len(val_tasks)}")
-
-        # descriptions are embedded before the first step (the encoder never runs in the training step), once per
-        # base model and dtype: a cache shared by every run. And only those this run's steps will draw:
-        # sample_batch is a function of the seed alone, so the (task, description) pairs are known up front.
+        for layer in model.model.layers:  # the base model has no dropout of its own; LoRA's input dropout is all
+            layer.self_attn.q_proj.dropout = layer.self_attn.v_proj.dropout = args.dropout
+        if args.compile:
+            why = compile_model(model, args.device)
+            log(f"warning: --compile: {why}; running uncompiled" if why else "compiling the base model (the first steps are slow)")
+        if args.library:
+            return build_library(args, model, tok, meta, names, log)
         t0 = time.time()
-        used = sorted({d for s in range(step, args.steps) for _, d in sample_batch(
-            tasks, names, args.tasks_per_batch, args.examples_per_task, args.seed * 1_000_003 + s)})  # [(task, j)]
-        eval_descs = load_eval_descriptions(args.data)["eval_descriptions"]  # {task: [3 held-out descriptions]}
-        val_descs = {name: eval_descs.get(name) or load_descriptions(args.data, name)[:3] for name in val_tasks}
-        todo = [tasks[name][1][j] for name, j in used] + [d for ds in val_descs.values() for d in ds]
-        folder = cache_folder(args.embedding_cache, args.model, args.dtype)
-        cache = EmbeddingCache(partial(embed_descriptions, model, tok, batch_size=64), folder, tag=ENCODER)
-        if ddp and not master:  # rank 0 embeds, the others then read its shards
-            torch.distributed.barrier()
-        n_new = cache.fill(todo, log=log)
-        if ddp and master:
-            torch.distributed.barrier()
-        desc_emb = {}  # {task: {description index: (dim,)}}, indexed as desc_emb[task][j]
-        for (name, j), e in zip(used, cache([tasks[name][1][j] for name, j in used])):
-            desc_emb.setdefault(name, {})[j] = e
-        val = []  # fixed validation set: first examples of each held-out task, each with a held-out description
-        for name, (examples, _) in sorted(val_tasks.items()):
-            e = cache(val_descs[name])
-            val += [(ex, e[i % len(e)]) for i, ex in enumerate(examples[:args.val_examples])]
-        log(f"descriptions: {len(set(todo))} needed by steps {step}-{args.steps} and validation, {n_new} embedded, "
-            f"the rest from the cache {folder}, {time.time() - t0:.0f}s")
+        recipe = (Recon(args, model, tok, meta, args.out, log) if args.recon else
+                  LoRA(args, model, tok, meta, args.out, log, names) if args.lora else
+                  SFT(args, model, tok, meta, args.out, log))
+        log(f"set up in {time.time() - t0:.0f}s" + (f"; resumed from {args.out} at step {recipe.step}" if recipe.step else ""))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-
-    if args.compile:
-        why = compile_model(model, args.device)
-        log(f"warning: --compile: {why}; running uncompiled" if why else "compiling the base model (the first steps are slow)")
-    for layer in model.model.layers:  # the base model has no dropout of its own; LoRA's input dropout is all
-        layer.self_attn.q_proj.dropout = layer.self_attn.v_proj.dropout = args.dropout
-    if step:
-        log(f"resumed from {out} at step {step}")
-    else:
-        cfg = HyperConfig(size=args.size, emb_dim=model.config.dim, n_layers=model.config.n_layers,
-                          modules={k: tuple(v) for k, v in model.lora_shapes().items()}, latent=args.latent,
-                          dropout=args.dropout)
-        torch.manual_seed(args.seed)
-        hypernet = HyperNetwork(cfg).to(args.device)
-    raw = hypernet
-    if ddp:
-        hypernet = torch.nn.parallel.DistributedDataParallel(hypernet)
-    opt = torch.optim.AdamW(raw.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    if opt_state is not None:
-        opt.load_state_dict(opt_state)
-    log(f"hypernetwork {args.size}: {sum(p.numel() for p in raw.parameters()) / 1e6:.2f}M parameters")
-    cuda = args.device.startswith("cuda")
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    run_cfg = {**vars(args), "out": out}
-
-    @torch.no_grad()
-    def validate():
-        if not val:
-            return None
-        hypernet.eval()
-        model.eval()
-        losses = []
-        for b in range(0, len(val), 8):
-            chunk = val[b:b + 8]
-            ids, mask, target = make_batch([ex for ex, _ in chunk], tok.pad_id, args.device)
-            emb = torch.stack([e for _, e in chunk]).to(args.device)
-            with ctx:
-                ce, _ = t2l_loss(model, raw, emb, ids, mask, target, label_smoothing=0.0, reg=0.0)
-            losses.append(ce.item() * len(chunk))
-        hypernet.train()
-        model.train()  # frozen weights; train mode only switches LoRA input dropout on
-        return sum(losses) / len(val)
-
-    def stop(what):
-        kept = f"the last good checkpoint (step {saved}) in {out} is kept" if saved is not None else "nothing was saved"
-        print(f"error: {what} at step {step}; stopping: {kept} (try a lower --lr)", file=sys.stderr)
-        sys.exit(1)
-
-    def checkpoint(train_loss):
-        v = validate()
-        if v is not None and not math.isfinite(v):
-            stop(f"validation loss is {v}")
-        log(f"step {step} | val loss {v if v is None else round(v, 4)}")
-        save_checkpoint(out, raw, cfg, meta, optimizer_state=opt.state_dict(), step=step, run_config=run_cfg)
-        with open(os.path.join(out, "log.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, "val_loss": v, "train_loss": train_loss}) + "\n")
-        plot.loss_plot(out)  # run_dir/loss.svg, redrawn from log.jsonl
-        return step
-
-    saved = step if step else None
-    if step == 0 and master:  # the initial network is a good checkpoint too (at init it is the base model for L)
-        saved = checkpoint(None)
-    hypernet.train()
-    model.train()
-    t_last, tokens = time.time(), torch.zeros(())
-    t_start, step_start = t_last, step  # for the ETA: mean step time so far, checkpoints included
-    while step < args.steps:
-        batch = sample_batch(tasks, names, args.tasks_per_batch, args.examples_per_task, args.seed * 1_000_003 + step)
-        batch = batch[rank::world]  # each process takes its share of the global batch
-        torch.manual_seed(args.seed * 1_000_003 + step * world + rank)  # dropout and NEFTune noise, resumable
-        emb = torch.stack([desc_emb[name][j] for _, (name, j) in batch]).to(args.device)
-        lr = lr_at(step, args.steps, args.lr, args.warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        ce, loss, _ = t2l_step(model, hypernet, emb, [ex for ex, _ in batch], tok.pad_id, args.device,
-                               args.micro_tokens, ctx, args.label_smoothing, args.reg, args.neftune)
-        bad = (~torch.isfinite(loss.detach())).float()
-        if ddp:  # every process stops together, none is left waiting in an all-reduce
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if bad.item():
-            stop(f"loss is {loss.item()}")
-        gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
-        opt.step()
-        step += 1
-        tokens += sum(len(ids) for (ids, _), _ in batch)  # real tokens, padding not counted
-        if step % args.log_every == 0 or step == args.steps:
-            stats = torch.stack([ce.detach().float().cpu(), tokens.float()]).to(args.device)
-            if ddp:  # mean loss and total tokens over all processes
-                torch.distributed.all_reduce(stats)
-                stats[0] /= world
-            dt = time.time() - t_last
-            loss_avg, n_tokens = stats.tolist()
-            log(f"step {step} | loss {loss_avg:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
-                f"{n_tokens / dt:.0f} tok/s | {time.time() - t0:.0f}s | "
-                f"eta {(time.time() - t_start) / (step - step_start) * (args.steps - step) / 60:.1f} min")
-            t_last, tokens = time.time(), torch.zeros(())
-        if step % args.eval_every == 0 or step == args.steps:
-            if master:
-                saved = checkpoint(round(ce.item(), 4))
-            if ddp:
-                torch.distributed.barrier()
+    model.train()  # frozen weights; train mode only switches LoRA input dropout on
+    progress = train(recipe, args, args.out, log, rank, world)
+    if args.recon and rank == 0:
+        write_errors(recipe, args.out, log)
+    if args.lora and rank == 0:
+        log(f"adapter (best validation loss {progress['best_val']:.4f} at step {progress['best_step']}) in {args.out}")
     if ddp:
         torch.distributed.destroy_process_group()
+
+
+def write_errors(recipe, out, log):
+    errors = recipe.errors()
+    with open(os.path.join(out, "recon_errors.json"), "w") as f:
+        json.dump(errors, f, indent=2)
+    mean = {k: sum(e[k] for e in errors.values()) / len(errors) for k in ("A", "B", "dW")}
+    log(f"reconstruction error (relative, mean over {len(errors)} tasks, first 3 training descriptions): "
+        f"A {mean['A']:.3f}, B {mean['B']:.3f}, delta W {mean['dW']:.3f}; per task in {out}/recon_errors.json")
+
+
+def build_library(args, model, tok, meta, names, log):
+    """One LoRA per task into args.library/<task>, each from the same initial adapter; complete ones are skipped
+    and an interrupted one resumes, so a killed build goes on where it stopped. Times go to build.jsonl."""
+    os.makedirs(args.library, exist_ok=True)
+    for i, name in enumerate(names):
+        out = os.path.join(args.library, name)
+        if adapter_complete(out):
+            log(f"[{i + 1}/{len(names)}] {name}: complete, skipped")
+            continue
+        t0 = time.time()
+        task_args = argparse.Namespace(**{**vars(args), "resume": True, "out": out})
+        recipe = LoRA(task_args, model, tok, meta, out, log, [name])
+        log(f"[{i + 1}/{len(names)}] {name}" + (f": resumed at step {recipe.step}" if recipe.step else ""))
+        model.train()
+        progress = train(recipe, task_args, out, log)
+        seconds = time.time() - t0
+        log(f"[{i + 1}/{len(names)}] {name}: best validation loss {progress['best_val']:.4f} at step "
+            f"{progress['best_step']}, {seconds:.0f}s")
+        with open(os.path.join(args.library, "build.jsonl"), "a") as f:
+            f.write(json.dumps({"task": name, "seconds": round(seconds, 1), "resumed_at": recipe.step, **progress}) + "\n")
+    set_adapters(model, None)
 
 
 if __name__ == "__main__":

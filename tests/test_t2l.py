@@ -298,7 +298,7 @@ def test_checkpoint_round_trip(size, tmp_path):
     net(torch.randn(1, 32))["q_proj"][0].sum().backward()
     opt.step()
     meta = t2l.base_model_meta(model, model_path="somewhere")
-    t2l.save_checkpoint(tmp_path, net, cfg, meta, optimizer_state=opt.state_dict(), step=7)
+    t2l.save_checkpoint(tmp_path, net, cfg, meta, optimizer_state=opt.state_dict(), step=7, progress={"best": 1.5})
     assert sorted(os.listdir(tmp_path)) == ["latest", "step-000007"]
     assert sorted(os.listdir(tmp_path / "step-000007")) == ["config.json", "hypernet.safetensors", "optimizer.pt"]
     net2, cfg2, meta2 = t2l.load_checkpoint(tmp_path, model=model)
@@ -308,8 +308,8 @@ def test_checkpoint_round_trip(size, tmp_path):
     with torch.no_grad():
         for (A, B), (A2, B2) in zip(net(e).values(), net2(e).values()):
             assert torch.equal(A, A2) and torch.equal(B, B2)
-    *_, state, step = t2l.load_checkpoint(tmp_path, expect_meta=meta, with_optimizer=True)
-    assert step == 7 and torch.equal(state["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    *_, state, step, progress = t2l.load_checkpoint(tmp_path, expect_meta=meta, with_optimizer=True)
+    assert step == 7 and progress == {"best": 1.5} and torch.equal(state["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 
 
 def test_mismatched_base_model_is_refused(tmp_path):
@@ -341,7 +341,7 @@ def test_checkpoints_keep_latest_and_previous(tmp_path):
     # a run killed while writing step 40 (folder half written, pointer not moved) still loads step 30
     (tmp_path / "step-000040").mkdir()
     (tmp_path / "step-000040" / "hypernet.safetensors").write_bytes(b"half")
-    assert t2l.load_checkpoint(tmp_path, with_optimizer=True)[-1] == 30
+    assert t2l.load_checkpoint(tmp_path, with_optimizer=True)[-2] == 30
 
 
 def test_config_json_round_trip():
