@@ -178,7 +178,7 @@ def sampled_setup(path, size, n_tasks, k, max_len):
     """The default model and the SNI training tasks present, loaded and batched exactly as train.py does."""
     from data import Tokenizer, load_splits
     from t2l import HyperConfig, HyperNetwork
-    from train import load_tasks
+    from data import load_tasks
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = Transformer.from_pretrained(path, device=device, dtype=torch.bfloat16).train()
     model.requires_grad_(False)

@@ -380,6 +380,78 @@ def load_eval_descriptions(data_dir):
     return read_json(os.path.join(data_dir, "tasks", "eval_descriptions.json"), "evaluation descriptions")
 
 
+# --------------------------------------------------------------------------------------------
+# training examples: each is (token ids, n_prompt), the loss going on ids[n_prompt:]
+
+def encode_example(tok, user, response, max_len, prefill=""):
+    """The chat-templated user turn (+ the assistant's prefilled first words) followed by the response."""
+    messages = [{"role": "user", "content": user}]
+    prompt = tok.chat(messages) + prefill
+    full = tok.chat(messages + [{"role": "assistant", "content": prefill + response}], add_generation_prompt=False)
+    assert full.startswith(prompt), "chat template does not extend the prompt with the response"
+    p, t = tok.encode(prompt), tok.encode(full[len(prompt):])  # response incl. the end-of-turn token
+    t = t[:max_len // 2]
+    if len(p) + len(t) > max_len:  # keep the head (definition) and the tail (input end, assistant header)
+        keep = max_len - len(t)
+        p = p[:keep // 2] + p[len(p) - (keep - keep // 2):]
+    return p + t, len(p)
+
+
+def benchmark_examples(tok, data_dir, task, max_len, scoring="cloze"):
+    """A benchmark's training split rendered the way its evaluation reads it: in cloze, lm-eval's plain context
+    and the right continuation (no chat template); in mc, the paper's prompt and the answer string; GSM8K in
+    its chat prompt, the worked solution (calculator notes removed) after the prefilled first words."""
+    examples = []
+    for doc in load_train_split(task, data_dir):
+        if task == "gsm8k":
+            solution = re.sub(r"<<[^>]*>>", "", doc["answer"])
+            examples.append(encode_example(tok, gsm8k_user(doc["question"]), " " + solution, max_len, GSM8K_PREFILL))
+        elif scoring == "cloze":
+            contexts, continuations, gold, _ = cloze_item(task, doc)
+            ctx, cont = lm_eval_encode(tok, contexts[gold], continuations[gold])
+            ctx = ctx[max(0, len(ctx) + len(cont) - max_len):]  # a long context loses its start
+            examples.append((ctx + cont, len(ctx)))
+        else:
+            user, labels, gold = mc_item(task, doc)
+            examples.append(encode_example(tok, user, labels[gold], max_len))
+    return examples
+
+
+def sni_examples(tok, data_dir, name, max_len):
+    task = load_sni_task(os.path.join(data_dir, "sni", name + ".json"))
+    return [encode_example(tok, sni_prompt(task["definition"], i), o, max_len) for i, o in task["instances"]]
+
+
+def load_tasks(tok, data_dir, names, max_len, n_desc):
+    """{task: (examples [(ids, n_prompt)], descriptions [str])} for the SNI tasks present in data_dir."""
+    return {name: (sni_examples(tok, data_dir, name, max_len), load_descriptions(data_dir, name)[:n_desc] if n_desc else [])
+            for name in names if os.path.isfile(os.path.join(data_dir, "sni", name + ".json"))}
+
+
+def task_names(spec, data_dir):
+    """--tasks: a comma list of benchmarks with a training split and SNI task names; `sni` is every SNI training
+    task present, `sni:N` the first N of them (sorted by name)."""
+    splits, names = load_splits(data_dir), []
+    present = sorted(t for t in splits["train"] if os.path.isfile(os.path.join(data_dir, "sni", t + ".json")))
+    for item in (x.strip() for x in spec.split(",")):
+        if item == "sni" or item.startswith("sni:"):
+            n = item[4:]
+            if n and not (n.isdigit() and int(n) > 0):
+                raise ValueError(f"--tasks {item}: write sni:N with N a positive number")
+            names += present[:int(n)] if n else present
+        elif item in TASKS and item not in TRAIN_TASKS:
+            raise ValueError(f"{item} has no training split (the benchmarks with one: {', '.join(TRAIN_TASKS)})")
+        elif item in TRAIN_TASKS or os.path.isfile(os.path.join(data_dir, "sni", item + ".json")):
+            names.append(item)
+        else:
+            raise ValueError(f"unknown task '{item}': not a benchmark with a training split ({', '.join(TRAIN_TASKS)}), "
+                             f"nor an SNI task file in {data_dir}/sni, nor 'sni' / 'sni:N'")
+    if not names:
+        raise ValueError(f"--tasks {spec}: no task found (no SNI training task file in {data_dir}/sni?)")
+    return list(dict.fromkeys(names))
+
+
+
 if __name__ == "__main__":
     task = sys.argv[1] if len(sys.argv) > 1 else "arc_easy"
     data_dir = sys.argv[2] if len(sys.argv) > 2 else "assets/data"

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import t2l
+import data
 import train
 from data import GSM8K_PREFILL, Tokenizer, cloze_item, gsm8k_user, lm_eval_encode, mc_item
 from lora import read_adapter, save_adapter
@@ -57,28 +58,28 @@ def lora_args(tiny, *extra):
 
 def test_benchmark_examples_are_rendered_as_scored(tiny):
     tok = Tokenizer(tiny["model"])
-    cloze = train.benchmark_examples(tok, tiny["data"], "arc_easy", 64)
+    cloze = data.benchmark_examples(tok, tiny["data"], "arc_easy", 64)
     contexts, conts, gold, _ = cloze_item("arc_easy", ARC[0])
     ctx, cont = lm_eval_encode(tok, contexts[gold], conts[gold])
     assert cloze[0] == (ctx + cont, len(ctx)) and tok.decode(cont) == " yes it is"  # what cloze scoring reads
-    mc = train.benchmark_examples(tok, tiny["data"], "arc_easy", 256, scoring="mc")
+    mc = data.benchmark_examples(tok, tiny["data"], "arc_easy", 256, scoring="mc")
     ids, n = mc[0]
     user, labels, gold = mc_item("arc_easy", ARC[0])
     assert tok.decode(ids[:n]) == tok.chat([{"role": "user", "content": user}])
     assert tok.decode(ids[n:]).startswith("B<|im_end|>")
-    ids, n = train.benchmark_examples(tok, tiny["data"], "gsm8k", 256)[3]
+    ids, n = data.benchmark_examples(tok, tiny["data"], "gsm8k", 256)[3]
     assert tok.decode(ids[:n]) == tok.chat([{"role": "user", "content": gsm8k_user(GSM[3]["question"])}]) + GSM8K_PREFILL
     assert tok.decode(ids[n:]).startswith(" 3 plus 3 is 6.\n#### 6<|im_end|>")  # no calculator notes
 
 
 def test_task_names(tiny):
     data = tiny["data"]
-    assert train.task_names("sni", data) == SNI
-    assert train.task_names("arc_easy,sni:2,arc_easy", data) == ["arc_easy", *SNI[:2]]
+    assert data.task_names("sni", data) == SNI
+    assert data.task_names("arc_easy,sni:2,arc_easy", data) == ["arc_easy", *SNI[:2]]
     for spec, msg in (("boolq", "no training split"), ("task999_nope", "unknown task 'task999_nope'"),
                       ("sni:x", "sni:N")):
         with pytest.raises(ValueError, match=msg):
-            train.task_names(spec, data)
+            data.task_names(spec, data)
 
 
 # ------------------------------------------------------------------------------------------ plain LoRA
