@@ -549,7 +549,8 @@ def main(argv=None):
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     p.add_argument("--model", default="assets/models/SmolLM2-135M-Instruct", help="HF-layout model folder")
     p.add_argument("--data", default="assets/data", help="prepared data folder")
-    p.add_argument("--lora", default=None, help="PEFT-format adapter folder to apply")
+    p.add_argument("--lora", default=None, help="PEFT-format adapter folder to apply, or a library folder (one adapter "
+                                                "per task, DIR/<task>: each task gets its own)")
     p.add_argument("--mt-lora", default=None, help="with --table: the multi-task LoRA column's PEFT adapter folder")
     p.add_argument("--t2l", default=None, help="T2L run folder: score adapters generated from descriptions")
     p.add_argument("--description", default=None, help="with --t2l: this description instead of the task's 3 held-out ones")
@@ -588,6 +589,11 @@ def main(argv=None):
     results, table = [], None
     try:
         tasks = [load_task(s, args.data, args.limit) for s in specs]  # every file checked before the model loads
+        library = args.lora and not os.path.isfile(os.path.join(args.lora, "adapter_config.json"))
+        for t in tasks if library else ():
+            if not os.path.isfile(os.path.join(args.lora, t["name"], "adapter_config.json")):
+                raise FileNotFoundError(f"--lora {args.lora}: neither an adapter nor a library with an adapter for "
+                                        f"{t['name']} ({os.path.join(args.lora, t['name'])})")
         torch.manual_seed(0)
         model = Transformer.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
         if args.compile:
@@ -595,16 +601,20 @@ def main(argv=None):
             if why:
                 print(f"warning: --compile: {why}; running uncompiled", file=sys.stderr)
         tok = Tokenizer(args.model)
-        if args.lora:
+        if args.lora and not library:
             load_adapter(model, args.lora)
         t2l = load_checkpoint(args.t2l, model=model, device=args.device) if args.t2l else None  # (net, hcfg, meta)
         for task in tasks:
+            if library:  # a library folder: each task's own adapter, DIR/<task>
+                set_adapters(model, None)
+                load_adapter(model, os.path.join(args.lora, task["name"]))
             if args.table:
                 runs = plan_runs(task["name"], args.data, "base", t2l, True, controls=True, with_base=True)
             else:
                 runs = plan_runs(task["name"], args.data, "lora" if args.lora else "base", t2l,
                                  args.prepend_description, args.description, args.controls)
-            results += [{**r, **settings} for r in run_task(model, tok, task, runs, t2l, args)]
+            where = {"lora": os.path.join(args.lora, task["name"])} if library else {}
+            results += [{**r, **settings, **where} for r in run_task(model, tok, task, runs, t2l, args)]
             if args.mt_lora:  # a static adapter on the model for this column only
                 load_adapter(model, args.mt_lora)
                 try:

@@ -132,19 +132,27 @@ def save_adapter(out_dir, adapters, r=R, alpha=ALPHA, base_model_name="", rslora
             raise
 
 
-def load_adapter(model, adapter_dir):
-    """Apply a PEFT-format LoRA adapter to the model as a static adapter (unmerged)."""
+def read_peft(adapter_dir):
+    """(adapter_config.json as a dict, the tensors of adapter_model.safetensors) of a PEFT adapter folder."""
     cfg_path = os.path.join(adapter_dir, "adapter_config.json")
     st_path = os.path.join(adapter_dir, "adapter_model.safetensors")
     for p in (cfg_path, st_path):
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"adapter file missing: {p}")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+            raise FileNotFoundError(f"adapter file missing: {p} ({adapter_dir} is not a PEFT adapter)")
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        return cfg, load_file(st_path)
+    except Exception as e:  # bad JSON or a truncated safetensors file
+        raise ValueError(f"{adapter_dir}: unreadable adapter ({e})") from None
+
+
+def load_adapter(model, adapter_dir):
+    """Apply a PEFT-format LoRA adapter to the model as a static adapter (unmerged)."""
+    cfg, tensors = read_peft(adapter_dir)
     r, alpha, rslora = int(cfg["r"]), float(cfg["lora_alpha"]), bool(cfg.get("use_rslora", False))
     targets = cfg["target_modules"]
     targets = [targets] if isinstance(targets, str) else list(targets)
-    tensors = load_file(st_path)
     modules = dict(model.named_modules())
     used = set()
     for key in tensors:
@@ -171,17 +179,7 @@ def load_adapter(model, adapter_dir):
 
 def read_adapter(adapter_dir):
     """A PEFT LoRA folder as tensors -> (config, {module: (A (n_layers, r, d_in), B (n_layers, d_out, r))})."""
-    cfg_path = os.path.join(adapter_dir, "adapter_config.json")
-    st_path = os.path.join(adapter_dir, "adapter_model.safetensors")
-    for p in (cfg_path, st_path):
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter: {os.path.basename(p)} is missing")
-    try:
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        tensors = load_file(st_path)
-    except Exception as e:  # bad JSON or a truncated safetensors file
-        raise ValueError(f"{adapter_dir}: unreadable adapter ({e})") from None
+    cfg, tensors = read_peft(adapter_dir)
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{adapter_dir}: a {cfg.get('peft_type')} adapter, not LoRA")
     found = {}  # (module, A|B) -> {layer: tensor}

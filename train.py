@@ -713,7 +713,8 @@ def build_library(args, model, tok, meta, names, log):
         log(f"[{i + 1}/{len(names)}] {name}: best validation loss {progress['best_val']:.4f} at step "
             f"{progress['best_step']}, {seconds:.0f}s")
         with open(os.path.join(args.library, "build.jsonl"), "a") as f:
-            f.write(json.dumps({"task": name, "seconds": round(seconds, 1), "resumed_at": recipe.step, **progress}) + "\n")
+            f.write(json.dumps({"task": name, "seconds": round(seconds, 1), "steps": args.steps, "lr": args.lr,
+                                "resumed_at": recipe.step, **progress}) + "\n")
     set_adapters(model, None)
 
 

@@ -115,6 +115,13 @@ def test_library_build_skips_complete_adapters(tiny):
     r = ok(run("train.py", *lora_args(tiny, "--tasks", "sni:3"), "--library", lib))
     assert r.stdout.count("complete, skipped") == 2 and (lib / SNI[2] / "adapter_config.json").is_file()
     assert (lib / SNI[0] / "adapter_model.safetensors").read_bytes() == before
+    # eval.py --lora LIBRARY: every task wears its own adapter
+    common = ["--model", tiny["model"], "--data", tiny["data"], "--dtype", "fp32", "--limit", 2]
+    res = tiny["root"] / "lib-eval.json"
+    ok(run("eval.py", *common, "--task", f"sni:{SNI[0]},sni:{SNI[1]}", "--lora", lib, "--out", res))
+    assert [r["lora"] for r in json.loads(res.read_text())["results"]] == [str(lib / t) for t in SNI[:2]]
+    line = one_error_line(run("eval.py", *common, "--task", "sni:task900_tiny_heldout", "--lora", lib))
+    assert "neither an adapter nor a library with an adapter for task900_tiny_heldout" in line
 
 
 # ------------------------------------------------------------------------------------------ reconstruction
