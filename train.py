@@ -35,7 +35,7 @@ from data import (TRAIN_TASKS, Parser, Tokenizer, benchmark_examples, load_descr
                   load_splits, load_tasks, sni_examples, task_names)
 from lora import ALPHA, R, TARGETS, library_stats, load_library, save_adapter, set_adapters
 from model import Transformer, compile_model
-from t2l import (ENCODER, EmbeddingCache, HyperConfig, HyperNetwork, _resolve, base_model_meta, cache_folder,
+from t2l import (ENCODER, EmbeddingCache, HyperConfig, HyperNetwork, base_model_meta, cache_folder,
                  embed_descriptions, load_checkpoint, load_state, save_checkpoint, save_state)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -294,7 +294,8 @@ class LoRA:
                     p.copy_(state[f"p{i}"])
             self.step, self.progress = config["step"] or 0, config.get("progress") or {}
         self.tasks, self.val = {}, []
-        if args.tasks == "sni":  # all of every training task, validated like SFT: the held-out SNI tasks
+        if args.tasks == "sni" and not args.library:  # the multi-task baseline: all of every SNI training task,
+            # validated like SFT (the held-out SNI tasks)
             for name in names:
                 self.tasks[name] = (sni_examples(tok, args.data, name, args.max_len), [])
             for name, (examples, _) in sorted(load_tasks(tok, args.data, load_splits(args.data)["heldout"],
@@ -360,8 +361,7 @@ class Recon:
         if args.resume and os.path.exists(os.path.join(out, "latest")):
             self.net, self.cfg, _, self.opt_state, self.step, self.progress = load_checkpoint(
                 out, with_optimizer=True, expect_meta=meta)
-            saved = json.load(open(os.path.join(_resolve(out), "config.json")))["run"].get("library_tasks")
-            if not self.cfg.zscore or saved != self.names:
+            if not self.cfg.zscore or self.progress.get("library_tasks") != self.names:
                 raise ValueError(f"{out} is not a reconstruction run of this library ({len(self.names)} tasks): "
                                  f"pass the same --recon and --exclude, or another --out")
         eval_descs = load_eval_descriptions(args.data)["eval_descriptions"]
@@ -391,6 +391,7 @@ class Recon:
             torch.manual_seed(args.seed)
             self.net = HyperNetwork(self.cfg)
             self.net.set_library_stats(stats)
+        self.progress = {**self.progress, "library_tasks": self.names}  # checked when the run resumes
         self.net = self.net.to(args.device).train()
         self.params = list(self.net.parameters())
         log(f"reconstruction of {len(self.names)} adapters in {args.recon}"
@@ -423,7 +424,6 @@ class Recon:
         return v
 
     def save(self, out, opt_state, step, run_config, progress):
-        run_config = {**run_config, "library_tasks": self.names}
         save_checkpoint(out, self.net, self.cfg, self.meta, opt_state, step, run_config, progress)
 
     def export(self, out):
@@ -453,8 +453,8 @@ def adapter_complete(folder):
     adapter from elsewhere (PEFT files, no run of ours in the folder)."""
     if os.path.isfile(os.path.join(folder, "latest")):
         try:
-            return bool(json.load(open(os.path.join(_resolve(folder), "config.json"))).get("progress", {}).get("finished"))
-        except (OSError, ValueError):
+            return bool((load_state(folder, LoRA.weights)[0].get("progress") or {}).get("finished"))
+        except (FileNotFoundError, ValueError):
             return False
     return os.path.isfile(os.path.join(folder, "adapter_config.json"))
 

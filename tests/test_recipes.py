@@ -16,7 +16,6 @@ import torch
 
 import t2l
 import data
-import train
 from data import GSM8K_PREFILL, Tokenizer, cloze_item, gsm8k_user, lm_eval_encode, mc_item
 from lora import read_adapter, save_adapter
 from tests.conftest import ROOT
@@ -73,13 +72,13 @@ def test_benchmark_examples_are_rendered_as_scored(tiny):
 
 
 def test_task_names(tiny):
-    data = tiny["data"]
-    assert data.task_names("sni", data) == SNI
-    assert data.task_names("arc_easy,sni:2,arc_easy", data) == ["arc_easy", *SNI[:2]]
+    folder = tiny["data"]
+    assert data.task_names("sni", folder) == SNI
+    assert data.task_names("arc_easy,sni:2,arc_easy", folder) == ["arc_easy", *SNI[:2]]
     for spec, msg in (("boolq", "no training split"), ("task999_nope", "unknown task 'task999_nope'"),
                       ("sni:x", "sni:N")):
         with pytest.raises(ValueError, match=msg):
-            data.task_names(spec, data)
+            data.task_names(spec, folder)
 
 
 # ------------------------------------------------------------------------------------------ plain LoRA
