@@ -191,6 +191,14 @@ def check_meta(saved, meta, where):
                          f"{saved.get(bad[0])}), not '{meta['base_model']}' ({bad[0]}={meta.get(bad[0])}): pass that model")
 
 
+def new_hypernet(args, model, zscore=False):
+    cfg = HyperConfig(size=args.size, emb_dim=model.config.dim, n_layers=model.config.n_layers,
+                      modules={k: tuple(v) for k, v in model.lora_shapes().items()}, latent=args.latent,
+                      dropout=args.dropout, zscore=zscore)
+    torch.manual_seed(args.seed)
+    return HyperNetwork(cfg), cfg
+
+
 class SFT:
     """Text-to-LoRA by supervised fine-tuning (T2L_NOTES section 5): every example wears the adapter generated
     from one of its task's descriptions; the base model's loss on the response trains the hypernetwork."""
@@ -228,11 +236,7 @@ class SFT:
             e = cache(val_descs[name])
             self.val += [(ex, e[i % len(e)]) for i, ex in enumerate(examples[:args.val_examples or 8])]
         if not self.step:
-            self.cfg = HyperConfig(size=args.size, emb_dim=model.config.dim, n_layers=model.config.n_layers,
-                                   modules={k: tuple(v) for k, v in model.lora_shapes().items()}, latent=args.latent,
-                                   dropout=args.dropout)
-            torch.manual_seed(args.seed)
-            self.net = HyperNetwork(self.cfg)
+            self.net, self.cfg = new_hypernet(args, model)
         self.net = self.net.to(args.device).train()
         self.params = list(self.net.parameters())
         log(f"hypernetwork {args.size}: {sum(p.numel() for p in self.params) / 1e6:.2f}M parameters")
@@ -252,6 +256,8 @@ class SFT:
     def validate(self, ctx):
         if not self.val:
             return None
+        self.net.eval()
+        self.model.eval()  # no dropout, in the hypernetwork or on the LoRA inputs
         total = 0.0
         for b in range(0, len(self.val), 8):
             chunk = self.val[b:b + 8]
@@ -260,6 +266,8 @@ class SFT:
             with ctx:
                 ce, _ = t2l_loss(self.model, self.net, emb, ids, mask, target, label_smoothing=0.0, reg=0.0)
             total += ce.item() * len(chunk)
+        self.net.train()
+        self.model.train()
         return total / len(self.val)
 
     def save(self, out, opt_state, step, run_config, progress):
@@ -385,11 +393,7 @@ class Recon:
         self.val = [(name, e) for name, ds in val_descs.items() if ds for e in cache(ds)]
         self.train_emb = {name: cache(self.tasks[name][1][:3]) for name in self.names}  # for the error report
         if not self.step:
-            self.cfg = HyperConfig(size=args.size, emb_dim=model.config.dim, n_layers=model.config.n_layers,
-                                   modules={k: tuple(v) for k, v in model.lora_shapes().items()}, latent=args.latent,
-                                   dropout=args.dropout, zscore=True)
-            torch.manual_seed(args.seed)
-            self.net = HyperNetwork(self.cfg)
+            self.net, self.cfg = new_hypernet(args, model, zscore=True)
             self.net.set_library_stats(stats)
         self.progress = {**self.progress, "library_tasks": self.names}  # checked when the run resumes
         self.net = self.net.to(args.device).train()
