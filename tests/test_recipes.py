@@ -266,3 +266,27 @@ def test_library_of_another_base_model_is_refused(tiny, model_dir):
     save_adapter(rank4 / SNI[0], {k: (A[:, :4], B[:, :, :4]) for k, (A, B) in lib[SNI[0]].items()}, r=4)
     save_adapter(rank4 / SNI[1], lib[SNI[1]])
     assert "r=4" in one_error_line(run("train.py", *tiny["common"], "--recon", rank4, "--out", root / "y"))
+
+
+def test_validation_is_deterministic_in_every_recipe(tiny):
+    # dropout (hypernetwork and LoRA inputs, here 0.5) is off while validating: twice the same number
+    import train
+    from model import Transformer
+    model = Transformer.from_pretrained(tiny["model"])
+    model.requires_grad_(False)
+    tok = Tokenizer(tiny["model"])
+    meta = t2l.base_model_meta(model)
+    lib_dir = tiny["root"] / "lib-det"
+    random_library(lib_dir, tiny["model"], SNI)
+    for extra in ([], ["--lora", "--tasks", "arc_easy", "--out", tiny["root"] / "det-lora"], ["--recon", lib_dir]):
+        args = train.parse_args([*map(str, tiny["common"]), "--dropout", "0.5", "--steps", "2", *map(str, extra)])
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.dropout = layer.self_attn.v_proj.dropout = args.dropout
+        recipe = {"sft": train.SFT, "recon": train.Recon}.get(args.mode)
+        recipe = recipe(args, model, tok, meta, args.out, print) if recipe else train.LoRA(
+            args, model, tok, meta, args.out, print, ["arc_easy"])
+        with torch.no_grad():
+            for p in recipe.params:
+                p.add_(torch.randn_like(p) * 0.05)  # B != 0: the adapters act, so dropout would show
+        model.train()
+        assert recipe.validate(torch.no_grad()) == recipe.validate(torch.no_grad()), args.mode
