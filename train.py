@@ -519,8 +519,9 @@ def train(recipe, args, out, log, rank=0, world=1):
         plot.loss_plot(out)  # run_dir/loss.svg, redrawn from log.jsonl
         return step
 
-    saved = step if step else None
-    if step == 0 and master:  # the initial state is a checkpoint too (for SFT and plain LoRA: the base model)
+    fresh = recipe.opt_state is None  # nothing saved yet (a run killed after its step-0 checkpoint resumes at 0)
+    saved = None if fresh else step
+    if fresh and master:  # the initial state is a checkpoint too (for SFT and plain LoRA: the base model)
         saved = checkpoint(None)
     t0 = t_last = time.time()
     tokens, step_start = 0, step  # for tok/s and the ETA (mean step time so far, checkpoints included)
