@@ -434,7 +434,7 @@ def run_task(model, tok, task, runs, t2l, args):
         scored = [r for r in results if r["adapter"] == source]
         if len(scored) > 1:
             mean = {k: sum(r[k] for r in scored) / len(scored)
-                    for k in ("score", "accuracy", "rougeL", "exact_match", "chance", "majority")
+                    for k in ("score", "accuracy", "acc_norm", "rougeL", "exact_match", "chance", "majority")
                     if k in scored[0] and scored[0][k] is not None}
             print(f"{task['name']} {source} mean over {len(scored)} descriptions: {100 * mean['score']:.2f}", flush=True)
             results.append({"task": task["name"], "kind": task["kind"], "metric": scored[0]["metric"],
