@@ -349,7 +349,10 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tiny):
     out = tiny["root"] / "sigint"
     # a long schedule, so the run cannot end on its own before the signal on a loaded machine
     args = [sys.executable, "train.py", *map(str, tiny["common"] + tiny["a"]), "--steps", "3000", "--out", str(out)]
-    p = subprocess.Popen(args, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell running the suite in the background ignores it, the child
+    # would inherit that, and Python installs its Ctrl-C handler only where SIGINT is not ignored
+    p = subprocess.Popen(args, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while latest_step(out) < 2 and p.poll() is None and time.time() - t0 < 120:
         time.sleep(0.005)
