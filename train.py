@@ -547,7 +547,8 @@ def train(recipe, args, out, log, rank=0, world=1):
         gnorm = torch.nn.utils.clip_grad_norm_(recipe.params, 1.0)
         opt.step()
         step += 1
-        tokens += sum(len(ex[0]) for ex, _ in batch if isinstance(ex, tuple))  # real tokens, padding not counted
+        # real tokens, padding not counted (a recon batch holds task names: no tokens, and no tok/s in the log)
+        tokens += sum(len(ex[0]) for ex, _ in batch if isinstance(ex, tuple))
         if step % args.log_every == 0 or step == args.steps:
             stats = torch.tensor([ce.detach().float().item(), float(tokens)], device=args.device)
             if ddp:  # mean loss and total tokens over all processes
