@@ -25,7 +25,7 @@ import time
 import torch
 
 from lora import LoRALinear, lora_scale
-from model import Transformer
+from model import Transformer, compile_model
 
 SMOLLM2_135M = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
                 "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
@@ -92,7 +92,7 @@ def per_token_forward(self, x, A=None, B=None, scale=None):
 def bench_train_variant(path, variant, size, batch, seq, steps, dtype):
     """One variant in its own process, so peak memory (max RSS on CPU) belongs to it alone."""
     from t2l import HyperConfig, HyperNetwork
-    from train import t2l_loss
+    from recipes import t2l_loss
     if variant == "reference":
         LoRALinear.forward = per_token_forward  # benchmark only: emulate the reference's LoRA application
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -197,7 +197,7 @@ def bench_train(path, size, steps, n_tasks, k, max_len, budget, compile_):
     static LoRA, interleaved per batch so machine noise hits all alike."""
     from contextlib import nullcontext
     from lora import set_adapters
-    from train import accumulate, make_batch, response_ce, sample_batch, t2l_loss, t2l_step
+    from recipes import accumulate, make_batch, response_ce, sample_batch, t2l_loss, t2l_step
     model, tok, tasks, net, device = sampled_setup(path, size, n_tasks, k, max_len)
     names = sorted(tasks)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -207,9 +207,12 @@ def bench_train(path, size, steps, n_tasks, k, max_len, budget, compile_):
           f"{size} hypernetwork, bf16 base, {device}, {torch.get_num_threads()} threads; measured bf16 GEMM peak "
           f"{peak / 1e9:.0f} GFLOP/s", flush=True)
     emb = torch.randn(n_tasks * k, model.config.dim, device=device)
-    if compile_:
-        for layer in model.model.layers:
-            layer.compile(dynamic=True)
+    eager = model.hidden
+    if compile_:  # what train.py --compile does: the whole forward, dynamic shapes; timed as one more variant
+        why = compile_model(model, device)
+        if why:
+            raise SystemExit(f"error: --compile: {why}")
+    compiled, model.hidden = model.hidden, eager
     A = {m: torch.empty(model.config.n_layers, 8, d_in) for m, (d_in, d_out) in model.lora_shapes().items()}
     static = {m: (torch.nn.init.normal_(a, std=0.02), torch.zeros(model.config.n_layers, model.lora_shapes()[m][1], 8))
               for m, a in A.items()}
@@ -245,6 +248,8 @@ def bench_train(path, size, steps, n_tasks, k, max_len, budget, compile_):
         return _explicit_mask(attention_mask, T, dev)
 
     variants = {"T2L SFT": (old_t2l, new_t2l), "plain LoRA": (old_lora, new_lora)}
+    if compile_:
+        variants["T2L SFT, --compile"] = (new_t2l, new_t2l)  # the new step, eager ("old") vs compiled ("new")
     res = {v: {"old": [], "new": []} for v in variants}
     for s in range(steps + 1):  # step 0 warms up
         exs = [ex for ex, _ in sample_batch(tasks, names, n_tasks, k, s)]
@@ -258,7 +263,9 @@ def bench_train(path, size, steps, n_tasks, k, max_len, budget, compile_):
                         m.lora_A.requires_grad_(True)
                         m.lora_B.requires_grad_(True)
             for which, fn in (("old", old), ("new", new)) if s % 2 == 0 else (("new", new), ("old", old)):
-                model_module.Transformer._mask = today if which == "old" else causal_mask
+                comp = "compile" in v
+                model_module.Transformer._mask = today if which == "old" and not comp else causal_mask
+                model.hidden = compiled if comp and which == "new" else eager
                 net.zero_grad(set_to_none=True)
                 sync()
                 t = time.perf_counter()
@@ -276,9 +283,11 @@ def bench_train(path, size, steps, n_tasks, k, max_len, budget, compile_):
             computed = sum(r[2] for r in res[v][which])
             flops = sum(r[3] for r in res[v][which])
             line[which] = real / t
-            print(f"  {v:10s} {'today' if which == 'old' else 'new  '}: {real / t:6.0f} real tok/s  {computed / t:6.0f} computed "
+            label = {"old": "today", "new": "new"} if "compile" not in v else {"old": "new, eager", "new": "new, compiled"}
+            print(f"  {v:10s} {label[which]:5s}: {real / t:6.0f} real tok/s  {computed / t:6.0f} computed "
                   f"tok/s  padding {1 - real / computed:5.1%}  MFU {flops / t / peak:5.1%} of the GEMM peak", flush=True)
-        print(f"  {v:10s} new vs today: {line['new'] / line['old']:.2f}x the real tokens/s ({steps} batches)", flush=True)
+        vs = "compiled vs eager" if "compile" in v else "new vs today"
+        print(f"  {v:10s} {vs}: {line['new'] / line['old']:.2f}x the real tokens/s ({steps} batches)", flush=True)
 
 
 def bench_profile_step(path, size, reps, n_tasks, k, max_len, budget):
@@ -286,7 +295,7 @@ def bench_profile_step(path, size, reps, n_tasks, k, max_len, budget):
     from collections import Counter
     from contextlib import nullcontext
     from torch.profiler import profile
-    from train import sample_batch, t2l_step
+    from recipes import sample_batch, t2l_step
     model, tok, tasks, net, device = sampled_setup(path, size, n_tasks, k, max_len)
     names, ms = sorted(tasks), Counter()
     emb = torch.randn(n_tasks * k, model.config.dim, device=device)
@@ -432,7 +441,7 @@ def main():
     p.add_argument("--tasks-per-batch", type=int, default=8, help="train, profile-step: as train.py")
     p.add_argument("--max-len", type=int, default=256, help="train, profile-step: as train.py")
     p.add_argument("--micro-tokens", type=int, default=1024, help="train, profile-step: as train.py")
-    p.add_argument("--compile", action="store_true", help="train: torch.compile the base model's blocks")
+    p.add_argument("--compile", action="store_true", help="train: also time the new SFT step with the base model's forward compiled (train.py --compile)")
     p.add_argument("--new-tokens", type=int, default=32, help="generate: new tokens per row")
     args = p.parse_args()
     if args.what == "forward":

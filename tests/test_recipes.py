@@ -270,6 +270,7 @@ def test_library_of_another_base_model_is_refused(tiny, model_dir):
 
 def test_validation_is_deterministic_in_every_recipe(tiny):
     # dropout (hypernetwork and LoRA inputs, here 0.5) is off while validating: twice the same number
+    import recipes
     import train
     from model import Transformer
     model = Transformer.from_pretrained(tiny["model"])
@@ -282,8 +283,8 @@ def test_validation_is_deterministic_in_every_recipe(tiny):
         args = train.parse_args([*map(str, tiny["common"]), "--dropout", "0.5", "--steps", "2", *map(str, extra)])
         for layer in model.model.layers:
             layer.self_attn.q_proj.dropout = layer.self_attn.v_proj.dropout = args.dropout
-        recipe = {"sft": train.SFT, "recon": train.Recon}.get(args.mode)
-        recipe = recipe(args, model, tok, meta, args.out, print) if recipe else train.LoRA(
+        recipe = {"sft": recipes.SFT, "recon": recipes.Recon}.get(args.mode)
+        recipe = recipe(args, model, tok, meta, args.out, print) if recipe else recipes.LoRA(
             args, model, tok, meta, args.out, print, ["arc_easy"])
         with torch.no_grad():
             for p in recipe.params:

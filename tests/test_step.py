@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from t2l import HyperConfig, HyperNetwork
-from train import micro_batches, t2l_loss, t2l_step, make_batch
+from recipes import micro_batches, t2l_loss, t2l_step, make_batch
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)

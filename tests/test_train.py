@@ -147,9 +147,9 @@ def test_trains_on_the_tasks_present(tiny):
 
 def used_descriptions(start, steps, n_tasks=2, seed=0):
     # naive: the (task, description) pairs that steps [start, steps) draw, from the sampler alone
-    import train
+    import recipes
     tasks = {name: (list(range(6)), list(range(4))) for name in TRAIN[:3]}  # 6 examples, 4 descriptions each
-    return {d for s in range(start, steps) for _, d in train.sample_batch(tasks, sorted(tasks), n_tasks, 1, seed * 1_000_003 + s)}
+    return {d for s in range(start, steps) for _, d in recipes.sample_batch(tasks, sorted(tasks), n_tasks, 1, seed * 1_000_003 + s)}
 
 
 def cached_texts(folder):
