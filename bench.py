@@ -247,47 +247,43 @@ def bench_train(path, size, steps, n_tasks, k, max_len, budget, compile_):
             return None
         return _explicit_mask(attention_mask, T, dev)
 
-    variants = {"T2L SFT": (old_t2l, new_t2l), "plain LoRA": (old_lora, new_lora)}
+    # variant -> (baseline, candidate), each (label, step function, mask rule, forward)
+    variants = {"T2L SFT": (("today", old_t2l, today, eager), ("new", new_t2l, causal_mask, eager)),
+                "plain LoRA": (("today", old_lora, today, eager), ("new", new_lora, causal_mask, eager))}
     if compile_:
-        variants["T2L SFT, --compile"] = (new_t2l, new_t2l)  # the new step, eager ("old") vs compiled ("new")
-    res = {v: {"old": [], "new": []} for v in variants}
+        variants["T2L SFT, --compile"] = (("eager", new_t2l, causal_mask, eager), ("compiled", new_t2l, causal_mask, compiled))
+    res = {v: ([], []) for v in variants}
     for s in range(steps + 1):  # step 0 warms up
         exs = [ex for ex, _ in sample_batch(tasks, names, n_tasks, k, s)]
         real = sum(len(ids) for ids, _ in exs)
         flops = model_flops(model.config, exs)
-        for v, (old, new) in variants.items():
+        for v, pair in variants.items():
             set_adapters(model, static if v == "plain LoRA" else None)
             for layer in model.model.layers:
                 for m in (layer.self_attn.q_proj, layer.self_attn.v_proj):
                     if m.lora_A is not None:
                         m.lora_A.requires_grad_(True)
                         m.lora_B.requires_grad_(True)
-            for which, fn in (("old", old), ("new", new)) if s % 2 == 0 else (("new", new), ("old", old)):
-                comp = "compile" in v
-                model_module.Transformer._mask = today if which == "old" and not comp else causal_mask
-                model.hidden = compiled if comp and which == "new" else eager
+            for i in ((0, 1) if s % 2 == 0 else (1, 0)):
+                _, fn, model_module.Transformer._mask, model.hidden = pair[i]
                 net.zero_grad(set_to_none=True)
                 sync()
                 t = time.perf_counter()
                 computed = fn(exs)
                 sync()
                 if s:
-                    res[v][which].append((time.perf_counter() - t, real, computed, flops))
-        model_module.Transformer._mask = causal_mask
+                    res[v][i].append((time.perf_counter() - t, real, computed, flops))
+        model_module.Transformer._mask, model.hidden = causal_mask, eager
     set_adapters(model, None)
-    for v in variants:
-        line = {}
-        for which in ("old", "new"):
-            t = sum(r[0] for r in res[v][which])
-            real = sum(r[1] for r in res[v][which])
-            computed = sum(r[2] for r in res[v][which])
-            flops = sum(r[3] for r in res[v][which])
-            line[which] = real / t
-            label = {"old": "today", "new": "new"} if "compile" not in v else {"old": "new, eager", "new": "new, compiled"}
-            print(f"  {v:10s} {label[which]:5s}: {real / t:6.0f} real tok/s  {computed / t:6.0f} computed "
+    for v, pair in variants.items():
+        rate = []
+        for (label, *_), runs in zip(pair, res[v]):
+            t, real, computed, flops = (sum(r[j] for r in runs) for j in range(4))
+            rate.append(real / t)
+            print(f"  {v:10s} {label:8s}: {real / t:6.0f} real tok/s  {computed / t:6.0f} computed "
                   f"tok/s  padding {1 - real / computed:5.1%}  MFU {flops / t / peak:5.1%} of the GEMM peak", flush=True)
-        vs = "compiled vs eager" if "compile" in v else "new vs today"
-        print(f"  {v:10s} {vs}: {line['new'] / line['old']:.2f}x the real tokens/s ({steps} batches)", flush=True)
+        print(f"  {v:10s} {pair[1][0]} vs {pair[0][0]}: {rate[1] / rate[0]:.2f}x the real tokens/s ({steps} batches)",
+              flush=True)
 
 
 def bench_profile_step(path, size, reps, n_tasks, k, max_len, budget):
