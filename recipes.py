@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from data import (TRAIN_TASKS, benchmark_examples, load_descriptions, load_eval_descriptions, load_splits, load_tasks,
-                  sni_examples)
+                  sni_examples, task_names)
 from lora import ALPHA, R, TARGETS, library_stats, load_library, save_adapter
 from t2l import (ENCODER, EmbeddingCache, HyperConfig, HyperNetwork, cache_folder, embed_descriptions, load_checkpoint,
-                 load_state, save_checkpoint, save_state)
+                 load_state, save_checkpoint, save_state, saved_run)
 
 
 def make_batch(examples, pad_id, device):
@@ -207,13 +207,21 @@ class SFT(ExampleBatches):
                 raise ValueError(f"{out} holds a reconstruction run: resume it with --recon LIBRARY")
             if self.cfg.size != args.size:
                 raise ValueError(f"{out} holds a '{self.cfg.size}' hypernetwork, not '{args.size}': pass --size {self.cfg.size}")
+            if saved_run(out).get("tasks") != args.tasks:
+                raise ValueError(f"{out} trains on --tasks {saved_run(out).get('tasks') or 'sni (all)'}, "
+                                 f"not {args.tasks or 'sni (all)'}")
         splits = load_splits(args.data)
-        self.tasks = load_tasks(tok, args.data, splits["train"], args.max_len, args.descriptions_per_task)
+        names = task_names(args.tasks, args.data) if args.tasks else splits["train"]  # --tasks sni:N: the first N
+        if any(n in TRAIN_TASKS for n in names):
+            raise ValueError("SFT trains on SNI tasks (--tasks sni, sni:N or SNI task names); the benchmarks' training "
+                             "splits go with --lora")
+        self.tasks = load_tasks(tok, args.data, names, args.max_len, args.descriptions_per_task)
         val_tasks = load_tasks(tok, args.data, splits["heldout"], args.max_len, 0)
         if not self.tasks:
             raise ValueError(f"none of the {len(splits['train'])} training tasks is in {args.data}/sni (run: python prepare.py)")
         self.names = sorted(self.tasks)
-        log(f"training tasks: {len(self.names)} of the {len(splits['train'])} in the paper's split are present; "
+        log(f"training tasks: {len(self.names)} of the {len(splits['train'])} in the paper's split"
+            + (f" (--tasks {args.tasks})" if args.tasks else " are present") + "; "
             f"{sum(len(t[0]) for t in self.tasks.values())} examples; held-out tasks: {len(val_tasks)}")
         # only the (task, description) pairs this run's steps draw are embedded: sample_batch is a function of
         # the seed alone, so they are known up front

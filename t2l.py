@@ -395,6 +395,12 @@ def _resolve(run_dir):
     return run_dir
 
 
+def saved_run(run_dir):
+    """The run config (train.py's arguments) the latest checkpoint of run_dir was saved with; {} if none."""
+    with open(os.path.join(_resolve(run_dir), "config.json")) as f:
+        return json.load(f).get("run") or {}
+
+
 def load_state(run_dir, weights="hypernet.safetensors", device="cpu", check=None):
     """-> (config dict, tensors, optimizer state or None) of a checkpoint as save_state writes it (the one
     run_dir/latest points at, or a checkpoint folder). check(config) runs before the weights are read."""

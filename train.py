@@ -154,7 +154,8 @@ def parse_args(argv=None):
     p.add_argument("--lora", action="store_true", help="train one plain LoRA on --tasks (into --out) or one per task "
                                                        "(into --library) instead of a hypernetwork")
     p.add_argument("--tasks", default=None, help="with --lora: comma list of benchmarks with a training split "
-                   f"({', '.join(TRAIN_TASKS)}) and SNI task names; 'sni' = every SNI training task, 'sni:N' the first N")
+                   f"({', '.join(TRAIN_TASKS)}) and SNI task names; 'sni' = every SNI training task, 'sni:N' the first N "
+                   "(by name); SFT: SNI tasks only (default: all), e.g. sni:64 for the number-of-tasks ablation")
     p.add_argument("--library", default=None, help="with --lora: build a library, one adapter per task in DIR/<task>; "
                                                    "complete adapters are skipped, unfinished ones resumed")
     p.add_argument("--recon", default=None, metavar="LIBRARY", help="train the hypernetwork to reconstruct the "
@@ -208,8 +209,8 @@ def parse_args(argv=None):
              (args.lora and not args.tasks, "--lora needs --tasks (e.g. --tasks arc_easy, or sni)"),
              (args.lora and not (args.out or args.library), "--lora needs --out DIR (the adapter) or --library DIR"),
              (args.lora and args.out and args.library, "pass --out (one adapter) or --library (one per task), not both"),
-             (not args.lora and (args.tasks or args.library or args.scoring),
-              "--tasks, --library and --scoring go with --lora"),
+             (args.recon and args.tasks, "--recon trains on the tasks of its library (leave some out with --exclude)"),
+             (not args.lora and (args.library or args.scoring), "--library and --scoring go with --lora"),
              (args.exclude and not args.recon, "--exclude goes with --recon")]
     for bad, why in wrong:
         if bad:

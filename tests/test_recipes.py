@@ -237,6 +237,8 @@ def test_bad_inputs_one_line(tiny):
         (["--lora", "--tasks", "boolq", "--out", root / "x"], "boolq has no training split"),
         (["--lora", "--tasks", "arc_easy", "--recon", lib, "--out", root / "x"], "two different recipes"),
         (["--lora", "--out", root / "x"], "--lora needs --tasks"),
+        (["--recon", lib, "--tasks", "sni", "--out", root / "x"], "--recon trains on the tasks of its library"),
+        (["--library", lib, "--tasks", "sni"], "--library and --scoring go with --lora"),
         (["--recon", lib, "--exclude", SNI[0], "--out", root / "x"], "needs two or more"),
         (["--recon", lib, "--exclude", "task999_x", "--out", root / "x"], "no adapter of that name"),
         (["--recon", root / "missing", "--out", root / "x"], "not found"),

@@ -145,6 +145,22 @@ def test_trains_on_the_tasks_present(tiny):
     assert f"embedding descriptions: {n}/{n}" in out and f"{n} needed by steps 0-{STEPS}" in out, out
 
 
+def test_tasks_narrows_sft_to_some_training_tasks(tiny):
+    root, short = tiny["root"], ["--steps", 2, "--eval-every", 2]
+    r = ok(run("train.py", *tiny["common"], *short, "--tasks", "sni:2", "--out", root / "T"))
+    assert "training tasks: 2 of the 4 in the paper's split (--tasks sni:2); 12 examples" in r.stdout, r.stdout
+    r = ok(run("train.py", *tiny["common"], *short, "--tasks", TRAIN[2], "--out", root / "T1"))
+    assert f"(--tasks {TRAIN[2]}); 6 examples" in r.stdout, r.stdout
+    # a resume on other tasks would silently change the data: refused, the run kept
+    before = (root / "T" / "latest").read_text()
+    line = one_error_line(run("train.py", *tiny["common"], "--steps", 4, "--resume", "--out", root / "T"))
+    assert "trains on --tasks sni:2, not sni (all)" in line, line
+    assert (root / "T" / "latest").read_text() == before
+    line = one_error_line(run("train.py", *tiny["common"], *short, "--tasks", "arc_easy", "--out", root / "T2"))
+    assert "SFT trains on SNI tasks" in line, line
+    assert not (root / "T2").exists()
+
+
 def used_descriptions(start, steps, n_tasks=2, seed=0):
     # naive: the (task, description) pairs that steps [start, steps) draw, from the sampler alone
     import recipes
