@@ -377,7 +377,7 @@ def bench_generate(path, batch, new_tokens, reps):
     from peft import PeftModel  # the baseline
     from transformers import AutoModelForCausalLM
     from data import Tokenizer
-    from eval import generate_rows, pad_left
+    from generate import generate_rows, pad_left
     from lora import save_adapter
     path, what = model_dir(path)
     tok = Tokenizer(path)

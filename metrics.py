@@ -11,6 +11,7 @@ Text metrics for the generation-scored tasks, written out so the eval path needs
 
     python metrics.py "the cats sat" "a cat sat down"    # ROUGE-L and exact match of two strings
 """
+import math
 import re
 import string
 import sys
@@ -186,6 +187,13 @@ def gsm8k_gold(answer):
 
 def numbers_equal(a, b):
     return a is not None and b is not None and abs(a - b) <= 1e-6 * max(1.0, abs(b))
+
+
+def summarize(xs):
+    """Mean of 0/1 scores and its sample standard error, as lm-eval reports them."""
+    n = len(xs)
+    p = sum(xs) / n
+    return p, math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
 
 
 if __name__ == "__main__":

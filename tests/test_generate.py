@@ -1,4 +1,4 @@
-"""Batched greedy generation with an adapter per row (eval.generate_rows): a batch mixing adapters gives
+"""Batched greedy generation with an adapter per row (generate.generate_rows): a batch mixing adapters gives
 every row the tokens that row gets decoded alone, and those of a naive full-forward loop without a KV
 cache; and the tokens equal `transformers`' greedy generate of the same tiny random Llama with the same
 adapter loaded by `peft`. Tiny random model (2 layers, 32 wide) with the real tokenizer: seconds."""
@@ -9,7 +9,7 @@ import torch
 
 from tests import conftest
 
-import eval as ev
+import generate as gen
 from lora import lora_scale
 from model import Transformer
 
@@ -61,27 +61,27 @@ def test_mixed_batch_equals_each_row_alone(tiny):
     bank = random_bank(model, 3)
     rows = [0, 2, None, 1, 2, None, 0, 0]  # two rows per prompt, each with another adapter (None: base model)
     ps = prompts + prompts
-    got = ev.generate_rows(model, ps, rows, bank, N_NEW, None, tok.pad_id, batch_size=8, device="cpu")
-    alone = [ev.generate_rows(model, [p], [r], bank, N_NEW, None, tok.pad_id, 1, "cpu")[0] for p, r in zip(ps, rows)]
+    got = gen.generate_rows(model, ps, rows, bank, N_NEW, None, tok.pad_id, batch_size=8, device="cpu")
+    alone = [gen.generate_rows(model, [p], [r], bank, N_NEW, None, tok.pad_id, 1, "cpu")[0] for p, r in zip(ps, rows)]
     naive = [naive_greedy(model, p, row_adapter(bank, r), N_NEW) for p, r in zip(ps, rows)]
     assert got == alone == naive
     assert all(got[i] != got[i + 4] for i in range(4))  # the adapters matter
     # batch size 3: other padding and other neighbours, same tokens
-    assert ev.generate_rows(model, ps, rows, bank, N_NEW, None, tok.pad_id, 3, "cpu") == got
+    assert gen.generate_rows(model, ps, rows, bank, N_NEW, None, tok.pad_id, 3, "cpu") == got
 
 
 def test_stops_at_eos_per_row(tiny):
     _, model, tok, prompts = tiny
     bank = random_bank(model, 2)
-    free = ev.generate_rows(model, prompts, [0, 1, 0, 1], bank, N_NEW, None, tok.pad_id, 4, "cpu")
+    free = gen.generate_rows(model, prompts, [0, 1, 0, 1], bank, N_NEW, None, tok.pad_id, 4, "cpu")
     j = next(j for j in range(2, N_NEW) if free[1][j] not in free[1][:j])
     eos = free[1][j]  # make a token new at row 1's step j the end of turn: row 1 stops there, the others run on
-    got = ev.generate_rows(model, prompts, [0, 1, 0, 1], bank, N_NEW, eos, tok.pad_id, 4, "cpu")
+    got = gen.generate_rows(model, prompts, [0, 1, 0, 1], bank, N_NEW, eos, tok.pad_id, 4, "cpu")
     for f, g in zip(free, got):
         cut = f.index(eos) + 1 if eos in f else len(f)
         assert g[:cut] == f[:cut] and all(t == eos for t in g[cut:])
     want = tok.decode(free[1][:j], skip_special_tokens=True).strip()
-    assert ev.decode_answer(tok, got[1], {eos}) == want and len(want) > 0
+    assert gen.decode_answer(tok, got[1], {eos}) == want and len(want) > 0
 
 
 def test_greedy_equals_transformers_with_peft(tiny, tmp_path):
@@ -113,7 +113,7 @@ def test_greedy_equals_transformers_with_peft(tiny, tmp_path):
         out = pm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=N_NEW, do_sample=False,
                           eos_token_id=None, pad_token_id=tok.pad_id)
         want.append(out[0, len(p):].tolist())
-    got = ev.generate_rows(model, prompts, rows, bank, N_NEW, None, tok.pad_id, 4, "cpu")
+    got = gen.generate_rows(model, prompts, rows, bank, N_NEW, None, tok.pad_id, 4, "cpu")
     assert got == want
-    base = ev.generate_rows(model, prompts, [None] * 4, None, N_NEW, None, tok.pad_id, 4, "cpu")
+    base = gen.generate_rows(model, prompts, [None] * 4, None, N_NEW, None, tok.pad_id, 4, "cpu")
     assert base != got  # the adapters change the tokens, so the comparison is not of two base models
