@@ -16,7 +16,7 @@ Generation-scored tasks, greedy decoding with the KV cache until the end of the 
   gsm8k  the paper's prompt, the assistant turn prefilled with "Let's think step by step."; accuracy of the
          last number in the generation against the number after "####"
 A batch of generations mixes rows with different adapters (every row carries its own A and B), so all
-descriptions of a task (and the controls) decode together.
+descriptions of a task (and the controls) decode together (generate.py).
 
 --table runs every column of the paper's comparison (base, + description, multi-task LoRA, T2L, T2L from
 nonsense and from another task's descriptions) on the SNI held-out tasks, the benchmarks and GSM8K.
