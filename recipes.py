@@ -207,9 +207,9 @@ class SFT(ExampleBatches):
                 raise ValueError(f"{out} holds a reconstruction run: resume it with --recon LIBRARY")
             if self.cfg.size != args.size:
                 raise ValueError(f"{out} holds a '{self.cfg.size}' hypernetwork, not '{args.size}': pass --size {self.cfg.size}")
-            if saved_run(out).get("tasks") != args.tasks:
-                raise ValueError(f"{out} trains on --tasks {saved_run(out).get('tasks') or 'sni (all)'}, "
-                                 f"not {args.tasks or 'sni (all)'}")
+            saved_tasks = saved_run(out).get("tasks")
+            if saved_tasks != args.tasks:
+                raise ValueError(f"{out} trains on --tasks {saved_tasks or 'sni (all)'}, not {args.tasks or 'sni (all)'}")
         splits = load_splits(args.data)
         names = task_names(args.tasks, args.data) if args.tasks else splits["train"]  # --tasks sni:N: the first N
         if any(n in TRAIN_TASKS for n in names):
