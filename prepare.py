@@ -31,7 +31,7 @@ import urllib.request
 import zipfile
 
 import convert_benchmarks
-from data import FIELDS, SPLITS, TASKS, Parser, load_sni_task, problem, read_json, read_jsonl
+from data import SPLITS, TASKS, Parser, load_sni_task, problem, read_json, read_jsonl
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HUB = "https://huggingface.co"

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from data import (TRAIN_TASKS, benchmark_examples, load_descriptions, load_eval_descriptions, load_splits, load_tasks,
                   sni_examples, task_names)
 from lora import ALPHA, R, TARGETS, library_stats, load_library, save_adapter
-from t2l import (ENCODER, EmbeddingCache, HyperConfig, HyperNetwork, cache_folder, embed_descriptions, load_checkpoint,
-                 load_state, save_checkpoint, save_state, saved_run)
+from embed_cache import EmbeddingCache, cache_folder
+from t2l import (ENCODER, HyperConfig, HyperNetwork, embed_descriptions, load_checkpoint, load_state, save_checkpoint,
+                 save_state, saved_run)
 
 
 def make_batch(examples, pad_id, device):

@@ -5,14 +5,13 @@ A (r x d_in) and B (d_out x r) of every target module of every layer of a frozen
 
     e -> [task | layer | module] embedding -> mixer -> 2 residual blocks -> output block -> head per module
 
-Also here: description embeddings (the base model's own last-token hidden state, with a cache shared by
-every run on the same base model and dtype), checkpoint I/O, and a CLI that turns one description into an
+Also here: description embeddings (the base model's own last-token hidden state; embed_cache.py keeps them
+for every run on the same base model and dtype), checkpoint I/O, and a CLI that turns one description into an
 adapter, writes it in PEFT format and/or shows what it changes (greedy generations without and with it):
 
     python t2l.py --ckpt runs/t2l --out out/adapter "Classify the sentiment of a movie review."
     python t2l.py --ckpt runs/t2l "Classify the sentiment of a movie review." --prompt "A dull, overlong film."
 """
-import hashlib
 import json
 import math
 import os
@@ -25,7 +24,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 SIZES = ("large", "medium", "small")
@@ -216,107 +214,6 @@ def embed_descriptions(model, tokenizer, texts, batch_size=16, max_tokens=MAX_DE
 ENCODER = f"base-last-token/{MAX_DESC_TOKENS}"  # what embed_descriptions computes; part of every cache entry's key
 
 
-def model_identity(model_dir):
-    """A short hash of what decides a description's embedding: the contents of the config and tokenizer files
-    and each weight file's name, size and mtime (hashing 500 MB of weights would cost more than it saves)."""
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(model_dir)):
-        p = os.path.join(model_dir, name)
-        if name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-            with open(p, "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
-        elif name.endswith(".safetensors"):
-            st = os.stat(p)
-            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:12]
-
-
-def cache_folder(root, model_dir, dtype):
-    # one folder per base model and dtype: <root>/<model name>-<dtype>-<identity>
-    return os.path.join(root, f"{os.path.basename(os.path.normpath(model_dir))}-{dtype}-{model_identity(model_dir)}")
-
-
-class EmbeddingCache:
-    """description -> embedding, so each description is encoded once per base model and dtype and the encoder
-    never runs in the training step. `encode` is any function list[str] -> (N, dim), e.g.
-    functools.partial(embed_descriptions, model, tokenizer); `tag` names the encoder.
-
-    With a folder, entries persist as append-only shard files: a save writes only this process's new
-    entries, to a fresh file under a unique name (temporary name, then os.replace). Runs that embed at the
-    same time never overwrite or lose each other's entries, an interrupted write leaves no partial shard,
-    and a shard that does not read back (damaged) is skipped with a warning: its entries are embedded again."""
-
-    def __init__(self, encode, folder=None, tag=""):
-        self.encode, self.folder, self.tag = encode, folder, tag
-        self.table, self.unsaved, self.seen = {}, [], set()
-        self.refresh()
-
-    def refresh(self):
-        """Read the shards written since the last look (by this process or any other)."""
-        if self.folder is None or not os.path.isdir(self.folder):
-            return
-        for name in sorted(os.listdir(self.folder)):  # named by time: the oldest value of a key wins
-            if not name.endswith(".safetensors") or name in self.seen:
-                continue
-            path = os.path.join(self.folder, name)
-            try:
-                with safe_open(path, framework="pt") as f:
-                    info = f.metadata() or {}
-                    texts, emb = json.loads(info["texts"]), f.get_tensor("embeddings")
-            except Exception as e:  # safetensors raises several types for damaged files
-                warnings.warn(f"embedding cache shard {path} is unreadable, ignored ({e})")
-                self.seen.add(name)
-                continue
-            if info.get("tag", "") != self.tag:
-                raise ValueError(f"embedding cache {path} was made by encoder '{info.get('tag')}', not '{self.tag}': delete it")
-            self.seen.add(name)
-            for t, e in zip(texts, emb):
-                self.table.setdefault(t, e)
-
-    def __call__(self, texts):
-        keys = [prepare_description(t) for t in texts]
-        missing = list(dict.fromkeys(k for k in keys if k not in self.table))  # unique, in order
-        if missing:
-            self.table.update(zip(missing, self.encode(missing)))
-            self.unsaved += missing
-        return torch.stack([self.table[k] for k in keys])  # (N, dim)
-
-    def fill(self, texts, chunk=2048, log=None):
-        """Make sure every text is in the table: the missing ones are encoded chunk by chunk, each chunk saved
-        as soon as it is done (an interrupted run keeps what it embedded). -> number of texts encoded."""
-        self.refresh()
-        todo = list(dict.fromkeys(k for k in map(prepare_description, texts) if k not in self.table))
-        t0, done = time.time(), 0
-        for i in range(0, len(todo), chunk):
-            self.refresh()  # another run may have embedded some of them meanwhile
-            part = [k for k in todo[i:i + chunk] if k not in self.table]
-            if part:
-                self(part)
-                self.save()
-            done += len(part)
-            if log:
-                log(f"embedding descriptions: {min(i + chunk, len(todo))}/{len(todo)}, {time.time() - t0:.0f}s")
-        return done
-
-    def save(self):
-        """Write the entries this process added since the last save as one new shard; -> its path or None.
-        A failed write (e.g. a full disk) warns and keeps the entries in memory: the cache only saves time."""
-        if self.folder is None or not self.unsaved:
-            return None
-        texts = self.unsaved
-        emb = torch.stack([self.table[t] for t in texts]).contiguous()
-        path = os.path.join(self.folder, f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(4).hex()}.safetensors")
-        try:
-            os.makedirs(self.folder, exist_ok=True)
-            _atomic(path, lambda p: save_file({"embeddings": emb}, p, metadata={"texts": json.dumps(texts), "tag": self.tag}))
-        except OSError as e:
-            warnings.warn(f"could not write the embedding cache to {self.folder} ({e}); continuing without it")
-            return None
-        self.unsaved = []
-        self.seen.add(os.path.basename(path))
-        return path
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 def base_model_meta(model, model_path="", lora_alpha=16, rslora=True):
@@ -340,7 +237,7 @@ def check_base_model(cfg, meta, have):
                          f"{', '.join(f'{k}={have[k]}' for k in bad)}: pass the model it was trained on")
 
 
-def _atomic(path, write):
+def atomic_write(path, write):
     # write to a temporary name and rename: a crash never leaves a half-written file under the real name;
     # the name is per process, so two writers never share one, and a failed write (full disk) removes it
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -367,12 +264,12 @@ def save_state(run_dir, tensors, config, optimizer_state=None, step=None, weight
     ck = os.path.join(run_dir, name)
     os.makedirs(ck, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-    _atomic(os.path.join(ck, weights), lambda p: save_file(state, p))
+    atomic_write(os.path.join(ck, weights), lambda p: save_file(state, p))
     if optimizer_state is not None:
-        _atomic(os.path.join(ck, "optimizer.pt"), lambda p: torch.save(optimizer_state, p))
-    _atomic(os.path.join(ck, "config.json"), lambda p: _write_json(p, {**config, "step": step}))
+        atomic_write(os.path.join(ck, "optimizer.pt"), lambda p: torch.save(optimizer_state, p))
+    atomic_write(os.path.join(ck, "config.json"), lambda p: _write_json(p, {**config, "step": step}))
     previous = _resolve(run_dir)
-    _atomic(os.path.join(run_dir, "latest"), lambda p: open(p, "w").write(name + "\n"))
+    atomic_write(os.path.join(run_dir, "latest"), lambda p: open(p, "w").write(name + "\n"))
     keep = {name, os.path.basename(previous)}
     for old in os.listdir(run_dir):
         if old.startswith("step-") and old not in keep:

@@ -2,7 +2,6 @@
 every row the tokens that row gets decoded alone, and those of a naive full-forward loop without a KV
 cache; and the tokens equal `transformers`' greedy generate of the same tiny random Llama with the same
 adapter loaded by `peft`. Tiny random model (2 layers, 32 wide) with the real tokenizer: seconds."""
-import shutil
 
 import pytest
 import torch

@@ -11,7 +11,6 @@ import torch
 import t2l
 from model import ModelConfig, Transformer
 from t2l import HyperConfig, HyperNetwork
-from tests.conftest import ROOT
 
 torch.set_num_threads(1)
 
@@ -193,99 +192,6 @@ def test_long_description_is_truncated_with_warning():
     with torch.no_grad():
         h = model.hidden(ids)[0, -1]
     torch.testing.assert_close(got[0], h / h.norm() * 32 ** 0.5, rtol=1e-4, atol=1e-4)
-
-
-def fake_encode(calls=None):
-    def encode(texts):
-        if calls is not None:
-            calls.append(list(texts))
-        return torch.stack([torch.full((4,), float(sum(map(ord, t)))) for t in texts])  # a function of the text
-    return encode
-
-
-def test_embedding_cache_encodes_each_description_once(tmp_path):
-    calls = []
-    cache = t2l.EmbeddingCache(fake_encode(calls), tag="fake")
-    a = cache(["Do x", "Do y.", "Do x"])
-    b = cache(["Do y", "Do z"])  # "Do y" is the same description as "Do y." once prepared
-    assert calls == [["Do x.", "Do y."], ["Do z."]]
-    assert a.shape == (3, 4) and torch.equal(a[0], a[2]) and torch.equal(b[0], a[1])
-    folder = tmp_path / "emb"
-    saved = t2l.EmbeddingCache(fake_encode(calls), folder, tag="fake")
-    assert saved.fill(["Do x", "Do y", "Do z"], chunk=2) == 3 and len(calls) == 4  # chunks [x, y], [z]
-    assert len(list(folder.glob("*.safetensors"))) == 2  # a shard per chunk, saved as soon as it is done
-    again = t2l.EmbeddingCache(fake_encode(calls), folder, tag="fake")
-    assert again.fill(["Do x", "Do y", "Do z"]) == 0 and len(calls) == 4
-    assert torch.equal(again(["Do x", "Do y", "Do z"]), torch.cat([a[:2], b[1:]]))
-    with pytest.raises(ValueError, match="encoder"):
-        t2l.EmbeddingCache(fake_encode(), folder, tag="other")
-
-
-WRITER = """
-import sys, torch, t2l
-folder, who = sys.argv[1], sys.argv[2]
-encode = lambda ts: torch.stack([torch.full((4,), float(sum(map(ord, t)))) for t in ts])
-texts = [f"shared text {i}" for i in range(60)] + [f"{who} text {i}" for i in range(60)]
-t2l.EmbeddingCache(encode, folder, tag="fake").fill(texts, chunk=5)  # 24 shards, each written on its own
-"""
-
-
-def test_embedding_cache_concurrent_writers_lose_nothing(tmp_path):
-    import subprocess
-    import sys
-    folder = tmp_path / "emb"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(folder), who], env=env) for who in ("a", "b")]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    assert not [p for p in folder.iterdir() if not p.name.endswith(".safetensors")]  # no temporary files left
-    calls = []
-    merged = t2l.EmbeddingCache(fake_encode(calls), folder, tag="fake")
-    texts = [f"shared text {i}" for i in range(60)] + [f"{w} text {i}" for w in "ab" for i in range(60)]  # end in a digit: no "." added
-    assert set(merged.table) == set(texts)  # every entry of both writers
-    torch.testing.assert_close(merged(texts), fake_encode()(texts), rtol=0, atol=0)
-    assert calls == []
-
-
-def test_embedding_cache_survives_damage_and_full_disk(tmp_path, monkeypatch):
-    folder = tmp_path / "emb"
-    t2l.EmbeddingCache(fake_encode(), folder, tag="fake").fill(["Do x", "Do y"])
-    (folder / "00000000000000000000-1-dead.safetensors").write_bytes(b"half a header")  # e.g. copied in broken
-    calls = []
-    with pytest.warns(UserWarning, match="unreadable, ignored"):
-        cache = t2l.EmbeddingCache(fake_encode(calls), folder, tag="fake")
-    assert cache.fill(["Do x", "Do y", "Do z"]) == 1 and calls == [["Do z."]]
-
-    def full_disk(tensors, path, metadata=None):
-        with open(path, "wb") as f:
-            f.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(t2l, "save_file", full_disk)
-    before = sorted(os.listdir(folder))
-    with pytest.warns(UserWarning, match="could not write the embedding cache"):
-        cache(["Do w"])
-        got = cache.save()
-    assert got is None and sorted(os.listdir(folder)) == before  # no partial shard, no temporary file
-    assert torch.equal(cache(["Do w"]), fake_encode()(["Do w."]))  # still served from memory
-
-
-def test_cache_folder_is_keyed_by_model_identity_and_dtype(tmp_path):
-    m = tmp_path / "SomeModel"
-    m.mkdir()
-    (m / "config.json").write_text('{"hidden_size": 8}')
-    (m / "tokenizer.json").write_text("{}")
-    (m / "model.safetensors").write_bytes(b"x" * 10)
-    a = t2l.cache_folder("root", m, "bf16")
-    assert a.startswith(os.path.join("root", "SomeModel-bf16-")) and a == t2l.cache_folder("root", m, "bf16")
-    assert t2l.cache_folder("root", m, "fp32") != a
-    seen = {a}
-    for change in (lambda: (m / "config.json").write_text('{"hidden_size": 9}'),
-                   lambda: (m / "tokenizer.json").write_text('{"a": 1}'),
-                   lambda: os.utime(m / "model.safetensors", ns=(1, 1)),  # weights replaced: another mtime
-                   lambda: (m / "model.safetensors").write_bytes(b"x" * 11)):
-        change()
-        seen.add(t2l.cache_folder("root", m, "bf16"))
-    assert len(seen) == 5
 
 
 @pytest.mark.parametrize("size", t2l.SIZES)
