@@ -20,6 +20,9 @@ descriptions of a task (and the controls) decode together (generate.py).
 
 --table runs every column of the paper's comparison (base, + description, multi-task LoRA, T2L, T2L from
 nonsense and from another task's descriptions) on the SNI held-out tasks, the benchmarks and GSM8K.
+--spread scores nothing: it measures how far apart the adapters a T2L run writes are (||B A|| distances
+within a task's held-out descriptions, between tasks, and to nonsense descriptions): whether the
+description decides the adapter at all.
 
 Speed: questions are sorted by length and batched (little padding); only the answer positions go
 through the 49k-wide output layer; the prompt prefix every question shares (system prompt and
@@ -29,6 +32,7 @@ instruction) is run once and kept in a KV cache; a cloze context is run once for
     python eval.py --task all --scoring mc --limit 500 --out results.json
     python eval.py --task sni-heldout --limit 50 --out out/sni.json
     python eval.py --table --t2l runs/t2l-large --mt-lora runs/mt-lora --limit 50 --out out/table.json
+    python eval.py --spread --t2l runs/t2l-small --out out/spread.json
 """
 import argparse
 import json
@@ -41,7 +45,7 @@ import torch.nn.functional as F
 
 from data import (GSM8K_PREFILL, TASKS, Parser, Tokenizer, cloze_item, gsm8k_user, lm_eval_encode, load_benchmark,
                   load_descriptions, load_eval_descriptions, load_gsm8k, load_sni_eval, load_splits, mc_item, sni_prompt)
-from lora import load_adapter, lora_scale, set_adapters
+from lora import delta_w_gram, load_adapter, lora_scale, set_adapters
 from generate import MAX_NEW_TOKENS, evaluate_generation
 from metrics import gsm8k_gold, summarize
 from model import KVCache, Transformer, compile_model
@@ -399,6 +403,37 @@ def markdown(table):
 # command line
 
 
+def adapter_spread(t2l, model, tok, names, data_dir, device):
+    """How much the description decides the adapter: distances ||dW_a - dW_b|| (dW = B A over every module and
+    layer) between the adapters of each task's 3 held-out descriptions, of different tasks' and of the nonsense
+    ones, as fractions of the mean ||dW||. -> {"tasks": {name: {...}}, "mean": {...}} (also printed)"""
+    descs = [(n, d) for n in names for d in task_descriptions(n, data_dir)]
+    descs += [("nonsense", d) for d in load_eval_descriptions(data_dir)["nonsense_descriptions"]]
+    bank = adapter_bank(*t2l, model, tok, [d for _, d in descs], device)
+    gram = delta_w_gram({k: v for k, v in bank.items() if k != "scale"})
+    sq = gram.diag()
+    dist = (sq[:, None] + sq[None] - 2 * gram).clamp(min=0).sqrt() / sq.sqrt().mean()
+    label = [n for n, _ in descs]
+    rows = {}
+    for name in names:
+        mine = [i for i, n in enumerate(label) if n == name]
+        block = lambda other: dist[mine][:, [i for i, n in enumerate(label) if n == other]].mean().item()
+        others = {n: block(n) for n in names if n != name}
+        nearest = min(others, key=others.get) if others else None
+        rows[name] = {"within": dist[mine][:, mine][~torch.eye(len(mine), dtype=torch.bool)].mean().item(),
+                      "other_tasks": sum(others.values()) / len(others) if others else None,
+                      "nearest_task": nearest, "nearest": others.get(nearest), "nonsense": block("nonsense")}
+    mean = {k: sum(r[k] for r in rows.values()) / len(rows) for k in ("within", "other_tasks", "nearest", "nonsense")
+            if all(r[k] is not None for r in rows.values())}
+    fmt = lambda r, k: f"{r[k]:.4f}" if r.get(k) is not None else "-"
+    print(f"adapter distances / mean ||B A|| ({sq.sqrt().mean().item():.4g}): within a task's 3 held-out descriptions "
+          "| to other tasks' (mean, nearest) | to the nonsense descriptions'")
+    for name, r in list(rows.items()) + [("mean", mean)]:
+        print(f"{name}: within {fmt(r, 'within')} | other tasks {fmt(r, 'other_tasks')}, nearest {fmt(r, 'nearest')}"
+              + (f" ({r['nearest_task']})" if r.get("nearest_task") else "") + f" | nonsense {fmt(r, 'nonsense')}", flush=True)
+    return {"spread": {"tasks": rows, "mean": mean, "norm": sq.sqrt().mean().item()}}
+
+
 def limit_arg(s):
     try:
         v = int(s)
@@ -427,6 +462,30 @@ def task_specs(p, args):
     return specs
 
 
+def score_tasks(model, tok, tasks, t2l, library, settings, args):
+    """Every run of every task (the adapter sources the options ask for) -> results, one per run."""
+    results = []
+    for task in tasks:
+        if library:  # a library folder: each task's own adapter, DIR/<task>
+            set_adapters(model, None)
+            load_adapter(model, os.path.join(args.lora, task["name"]))
+        if args.table:
+            runs = plan_runs(task["name"], args.data, "base", t2l, True, controls=True, with_base=True)
+        else:
+            runs = plan_runs(task["name"], args.data, "lora" if args.lora else "base", t2l,
+                             args.prepend_description, args.description, args.controls)
+        where = {"lora": os.path.join(args.lora, task["name"])} if library else {}
+        results += [{**r, **settings, **where} for r in run_task(model, tok, task, runs, t2l, args)]
+        if args.mt_lora:  # a static adapter on the model for this column only
+            load_adapter(model, args.mt_lora)
+            try:
+                res = run_task(model, tok, task, [("mt-lora", None, None)], None, args)
+            finally:
+                set_adapters(model, None)
+            results += [{**r, **settings, "lora": args.mt_lora} for r in res]
+    return results
+
+
 def main(argv=None):
     p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default=None, help=f"a task, a comma list, 'all' (the seven benchmarks), 'gsm8k', "
@@ -452,18 +511,24 @@ def main(argv=None):
                    help="with --t2l: also adapters from the nonsense descriptions and from another task's descriptions")
     p.add_argument("--prepend-description", action="store_true",
                    help="baseline: no adapter, each held-out description opens the prompt (or the cloze context)")
+    p.add_argument("--spread", action="store_true", help="with --t2l, no scoring: how far apart the adapters of the "
+                   "tasks' held-out descriptions, of different tasks and of nonsense descriptions are (||B A|| distances)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (needs g++ on CPU, triton on CUDA)")
     args = p.parse_args(argv)
-    if not (args.task or args.sni_file or args.table):
+    if not (args.task or args.sni_file or args.table or args.spread):
         p.error("name the tasks: --task T (or --sni-file PATH, or --table)")
     if args.table and (args.description or args.lora or args.prepend_description or args.controls):
         p.error("--table runs every column itself: leave out --description, --lora, --prepend-description, --controls")
+    if args.spread and (not args.t2l or args.table or args.lora or args.mt_lora or args.description or args.controls
+                        or args.prepend_description or args.sni_file):
+        p.error("--spread compares the adapters --t2l RUN writes for the tasks' descriptions: it takes --task and --t2l "
+                "only (no --table, --lora, --mt-lora, --description, --controls, --prepend-description, --sni-file)")
     if args.mt_lora and not args.table:
         p.error("--mt-lora fills the table's multi-task LoRA column: use it with --table (or pass --lora DIR)")
     try:
         specs = task_specs(p, args)
-        if args.table and not specs:
+        if (args.table or args.spread) and not specs:
             specs = [("sni", n) for n in load_splits(args.data)["heldout"]] + list(TASKS) + ["gsm8k"]
     except (FileNotFoundError, ValueError) as e:
         p.error(str(e))
@@ -480,7 +545,7 @@ def main(argv=None):
         if not os.access(out_dir, os.W_OK) or os.path.isdir(args.out):
             p.error(f"cannot write --out '{args.out}'")
     settings = {k: getattr(args, k) for k in ("scoring", "limit", "batch_size", "device", "dtype", "model", "lora", "t2l")}
-    results, table = [], None
+    table = None
     try:
         tasks = [load_task(s, args.data, args.limit) for s in specs]  # every file checked before the model loads
         library = args.lora and not os.path.isfile(os.path.join(args.lora, "adapter_config.json"))
@@ -498,24 +563,10 @@ def main(argv=None):
         if args.lora and not library:
             load_adapter(model, args.lora)
         t2l = load_checkpoint(args.t2l, model=model, device=args.device) if args.t2l else None  # (net, hcfg, meta)
-        for task in tasks:
-            if library:  # a library folder: each task's own adapter, DIR/<task>
-                set_adapters(model, None)
-                load_adapter(model, os.path.join(args.lora, task["name"]))
-            if args.table:
-                runs = plan_runs(task["name"], args.data, "base", t2l, True, controls=True, with_base=True)
-            else:
-                runs = plan_runs(task["name"], args.data, "lora" if args.lora else "base", t2l,
-                                 args.prepend_description, args.description, args.controls)
-            where = {"lora": os.path.join(args.lora, task["name"])} if library else {}
-            results += [{**r, **settings, **where} for r in run_task(model, tok, task, runs, t2l, args)]
-            if args.mt_lora:  # a static adapter on the model for this column only
-                load_adapter(model, args.mt_lora)
-                try:
-                    res = run_task(model, tok, task, [("mt-lora", None, None)], None, args)
-                finally:
-                    set_adapters(model, None)
-                results += [{**r, **settings, "lora": args.mt_lora} for r in res]
+        if args.spread:  # nothing is scored: how far apart the adapters of the tasks' descriptions are
+            results = [{**adapter_spread(t2l, model, tok, [t["name"] for t in tasks], args.data, args.device), **settings}]
+        else:
+            results = score_tasks(model, tok, tasks, t2l, library, settings, args)
         if args.table:
             names = [t["name"] for t in tasks]
             table = make_table(results, [t["name"] for t in tasks if t["kind"] == "sni"],

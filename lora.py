@@ -243,3 +243,15 @@ def library_stats(library, eps=1e-6):
             pair.append((x.mean(0), x.std(0, unbiased=False).clamp(min=eps)))
         stats[module] = tuple(pair)
     return stats
+
+
+def delta_w_gram(adapters):
+    """Inner products <dW_i, dW_j> of n adapters' weight updates dW = B A, summed over every module and layer,
+    without forming dW: <B_i A_i, B_j A_j> = sum over r, s of (B_i^T B_j)[r, s] (A_i A_j^T)[r, s].
+    adapters: {module: (A (n, L, r, d_in), B (n, L, d_out, r))} (the hypernetwork's output) -> (n, n) float64"""
+    gram = 0
+    for A, B in adapters.values():
+        for layer in range(A.shape[1]):  # one layer at a time: (n, n, r, r) intermediates
+            a, b = A[:, layer].double(), B[:, layer].double()
+            gram = gram + (torch.einsum("ior,jos->ijrs", b, b) * torch.einsum("ird,jsd->ijrs", a, a)).sum((2, 3))
+    return gram

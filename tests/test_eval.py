@@ -324,3 +324,34 @@ def test_lora_adapter_on_generation_tasks(gen):
     (lora,) = gen_main(gen, "--task", f"sni:{SNI_A}", "--limit", "3", "--lora", gen["mt"])
     assert lora["adapter"] == "lora" and lora["lora"] == gen["mt"]
     assert [x["prediction"] for x in lora["instances"]] != [x["prediction"] for x in base["instances"]]
+
+
+def test_spread_measures_adapter_distances(gen, tmp_path, capsys):
+    from lora import delta_w_gram
+    from t2l import embed_descriptions, load_checkpoint
+    out = tmp_path / "spread.json"
+    gen_main(gen, "--spread", "--t2l", gen["run"], "--task", f"sni:{SNI_A},sni:{SNI_B},gsm8k", "--out", str(out))
+    (res,) = json.loads(out.read_text())["results"]
+    got = res["spread"]
+    # the reference: dense dW = B A of every description's adapter, distances by hand
+    model = Transformer.from_pretrained(gen["model"])
+    net, _, _ = load_checkpoint(gen["run"])
+    names = [SNI_A, SNI_B, "gsm8k"]
+    descs = [f"Held-out description {k} of {n}." for n in names for k in range(3)] + ["dogs;cats;bananas;", "ggggggg"]
+    with torch.no_grad():
+        lora = net(embed_descriptions(model, ev.Tokenizer(gen["model"]), descs))
+    flat = torch.cat([(B.double() @ A.double()).flatten(2).flatten(1) for A, B in lora.values()], 1)
+    assert torch.allclose(delta_w_gram(lora), flat @ flat.T)
+    d = torch.cdist(flat, flat) / flat.norm(dim=1).mean()
+    assert got["norm"] == pytest.approx(flat.norm(dim=1).mean().item(), rel=1e-6)
+    a = got["tasks"][SNI_A]
+    assert a["within"] == pytest.approx(d[:3, :3][~torch.eye(3, dtype=torch.bool)].mean().item(), rel=1e-5)
+    assert a["nonsense"] == pytest.approx(d[:3, 9:].mean().item(), rel=1e-5)
+    to = {SNI_B: d[:3, 3:6].mean().item(), "gsm8k": d[:3, 6:9].mean().item()}
+    assert a["other_tasks"] == pytest.approx(sum(to.values()) / 2, rel=1e-5)
+    assert a["nearest_task"] == min(to, key=to.get) and a["nearest"] == pytest.approx(min(to.values()), rel=1e-5)
+    assert got["mean"]["within"] == pytest.approx(sum(got["tasks"][n]["within"] for n in names) / 3)
+    assert "mean: within" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        gen_main(gen, "--spread", "--task", "gsm8k")  # no --t2l
+    assert "--spread compares the adapters" in capsys.readouterr().err

@@ -124,3 +124,12 @@ def test_adapter_that_does_not_fit(tmp_path):
         load_adapter(Transformer.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
     with pytest.raises(FileNotFoundError, match="adapter file missing"):
         load_adapter(small, tmp_path / "nothing")
+
+
+def test_delta_w_gram_equals_the_dense_products():
+    from lora import delta_w_gram
+    g = torch.Generator().manual_seed(0)
+    adapters = {"q_proj": (torch.randn(5, 3, 4, 7, generator=g), torch.randn(5, 3, 6, 4, generator=g)),
+                "v_proj": (torch.randn(5, 3, 4, 7, generator=g), torch.randn(5, 3, 2, 4, generator=g))}
+    dense = torch.cat([(B.double() @ A.double()).reshape(5, -1) for A, B in adapters.values()], 1)  # dW = B A, flat
+    torch.testing.assert_close(delta_w_gram(adapters), dense @ dense.T, rtol=1e-12, atol=1e-10)
