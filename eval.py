@@ -403,17 +403,9 @@ def markdown(table):
 # command line
 
 
-def adapter_spread(t2l, model, tok, names, data_dir, device):
-    """How much the description decides the adapter: distances ||dW_a - dW_b|| (dW = B A over every module and
-    layer) between the adapters of each task's 3 held-out descriptions, of different tasks' and of the nonsense
-    ones, as fractions of the mean ||dW||. -> {"tasks": {name: {...}}, "mean": {...}} (also printed)"""
-    descs = [(n, d) for n in names for d in task_descriptions(n, data_dir)]
-    descs += [("nonsense", d) for d in load_eval_descriptions(data_dir)["nonsense_descriptions"]]
-    bank = adapter_bank(*t2l, model, tok, [d for _, d in descs], device)
-    gram = delta_w_gram({k: v for k, v in bank.items() if k != "scale"})
-    sq = gram.diag()
-    dist = (sq[:, None] + sq[None] - 2 * gram).clamp(min=0).sqrt() / sq.sqrt().mean()
-    label = [n for n, _ in descs]
+def distance_blocks(dist, label, names):
+    """Mean distances from each task's rows of `dist`: among themselves, to other tasks' rows (mean over the
+    tasks, and the nearest task) and to the "nonsense" rows. -> ({name: {...}}, their means)"""
     rows = {}
     for name in names:
         mine = [i for i, n in enumerate(label) if n == name]
@@ -425,13 +417,36 @@ def adapter_spread(t2l, model, tok, names, data_dir, device):
                       "nearest_task": nearest, "nearest": others.get(nearest), "nonsense": block("nonsense")}
     mean = {k: sum(r[k] for r in rows.values()) / len(rows) for k in ("within", "other_tasks", "nearest", "nonsense")
             if all(r[k] is not None for r in rows.values())}
+    return rows, mean
+
+
+def adapter_spread(t2l, model, tok, names, data_dir, device):
+    """Does the description decide the adapter? For each task's 3 held-out descriptions and the nonsense ones:
+    distances between their embeddings (||e_a - e_b||) and between their adapters (||dW_a - dW_b||, dW = B A
+    over every module and layer), each as a fraction of the mean norm, within a task, to other tasks' and to
+    the nonsense ones. -> {"spread": {"embedding": {"tasks", "mean"}, "adapter": {"tasks", "mean", "norm"}}}"""
+    descs = [(n, d) for n in names for d in task_descriptions(n, data_dir)]
+    descs += [("nonsense", d) for d in load_eval_descriptions(data_dir)["nonsense_descriptions"]]
+    emb = embed_descriptions(model, tok, [d for _, d in descs]).double()
+    with torch.no_grad():
+        gram = delta_w_gram(t2l[0](emb.float().to(device)))  # {module: (A, B)} -> (n, n)
+    sq = gram.diag()
+    dists = {"embedding": torch.cdist(emb, emb) / emb.norm(dim=1).mean(),
+             "adapter": (sq[:, None] + sq[None] - 2 * gram).clamp(min=0).sqrt() / sq.sqrt().mean()}
+    out = {}
+    for what, dist in dists.items():
+        rows, mean = distance_blocks(dist, [n for n, _ in descs], names)
+        out[what] = {"tasks": rows, "mean": mean}
+    out["adapter"]["norm"] = sq.sqrt().mean().item()
     fmt = lambda r, k: f"{r[k]:.4f}" if r.get(k) is not None else "-"
-    print(f"adapter distances / mean ||B A|| ({sq.sqrt().mean().item():.4g}): within a task's 3 held-out descriptions "
-          "| to other tasks' (mean, nearest) | to the nonsense descriptions'")
-    for name, r in list(rows.items()) + [("mean", mean)]:
-        print(f"{name}: within {fmt(r, 'within')} | other tasks {fmt(r, 'other_tasks')}, nearest {fmt(r, 'nearest')}"
-              + (f" ({r['nearest_task']})" if r.get("nearest_task") else "") + f" | nonsense {fmt(r, 'nonsense')}", flush=True)
-    return {"spread": {"tasks": rows, "mean": mean, "norm": sq.sqrt().mean().item()}}
+    print("distances / mean norm, within a task's 3 held-out descriptions, to other tasks' (mean, nearest task) and "
+          f"to the nonsense ones': of their embeddings | of their adapters B A (mean ||B A|| {sq.sqrt().mean().item():.4g})")
+    for name in names + ["mean"]:
+        print(f"{name}: " + " | ".join(
+            f"{what} {fmt(r, 'within')} / {fmt(r, 'other_tasks')}, {fmt(r, 'nearest')}"
+            + (f" ({r['nearest_task']})" if r.get("nearest_task") else "") + f" / {fmt(r, 'nonsense')}"
+            for what, r in ((w, out[w]["mean"] if name == "mean" else out[w]["tasks"][name]) for w in dists)), flush=True)
+    return {"spread": out}
 
 
 def limit_arg(s):

@@ -339,19 +339,21 @@ def test_spread_measures_adapter_distances(gen, tmp_path, capsys):
     names = [SNI_A, SNI_B, "gsm8k"]
     descs = [f"Held-out description {k} of {n}." for n in names for k in range(3)] + ["dogs;cats;bananas;", "ggggggg"]
     with torch.no_grad():
-        lora = net(embed_descriptions(model, ev.Tokenizer(gen["model"]), descs))
+        emb = embed_descriptions(model, ev.Tokenizer(gen["model"]), descs)
+        lora = net(emb)
     flat = torch.cat([(B.double() @ A.double()).flatten(2).flatten(1) for A, B in lora.values()], 1)
     assert torch.allclose(delta_w_gram(lora), flat @ flat.T)
-    d = torch.cdist(flat, flat) / flat.norm(dim=1).mean()
-    assert got["norm"] == pytest.approx(flat.norm(dim=1).mean().item(), rel=1e-6)
-    a = got["tasks"][SNI_A]
-    assert a["within"] == pytest.approx(d[:3, :3][~torch.eye(3, dtype=torch.bool)].mean().item(), rel=1e-5)
-    assert a["nonsense"] == pytest.approx(d[:3, 9:].mean().item(), rel=1e-5)
-    to = {SNI_B: d[:3, 3:6].mean().item(), "gsm8k": d[:3, 6:9].mean().item()}
-    assert a["other_tasks"] == pytest.approx(sum(to.values()) / 2, rel=1e-5)
-    assert a["nearest_task"] == min(to, key=to.get) and a["nearest"] == pytest.approx(min(to.values()), rel=1e-5)
-    assert got["mean"]["within"] == pytest.approx(sum(got["tasks"][n]["within"] for n in names) / 3)
-    assert "mean: within" in capsys.readouterr().out
+    assert got["adapter"]["norm"] == pytest.approx(flat.norm(dim=1).mean().item(), rel=1e-6)
+    for what, x in (("adapter", flat), ("embedding", emb.double())):
+        d = torch.cdist(x, x) / x.norm(dim=1).mean()
+        a = got[what]["tasks"][SNI_A]
+        assert a["within"] == pytest.approx(d[:3, :3][~torch.eye(3, dtype=torch.bool)].mean().item(), rel=1e-5)
+        assert a["nonsense"] == pytest.approx(d[:3, 9:].mean().item(), rel=1e-5)
+        to = {SNI_B: d[:3, 3:6].mean().item(), "gsm8k": d[:3, 6:9].mean().item()}
+        assert a["other_tasks"] == pytest.approx(sum(to.values()) / 2, rel=1e-5)
+        assert a["nearest_task"] == min(to, key=to.get) and a["nearest"] == pytest.approx(min(to.values()), rel=1e-5)
+        assert got[what]["mean"]["within"] == pytest.approx(sum(got[what]["tasks"][n]["within"] for n in names) / 3)
+    assert "mean: embedding" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         gen_main(gen, "--spread", "--task", "gsm8k")  # no --t2l
     assert "--spread compares the adapters" in capsys.readouterr().err
