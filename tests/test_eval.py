@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import eval as ev
+from compare import COLUMNS
 from data import SPLITS, TASKS, Tokenizer, cloze_item, load_benchmark, mc_item
 from model import Transformer
 
@@ -275,7 +276,7 @@ def test_table_end_to_end(gen, tmp_path, capsys):
     table = json.loads(out.read_text())["table"]
     names = [r[0] for r in table["rows"]]
     assert names == [SNI_A, SNI_B, "SNI held-out average (2, ROUGE-L)", *TASKS, "benchmark average (7, acc)", "gsm8k"]
-    assert table["columns"] == [c for c, _ in ev.COLUMNS] and len(table["columns"]) == 6
+    assert table["columns"] == [c for c, _ in COLUMNS] and len(table["columns"]) == 6
     assert all(v is not None and 0 <= v <= 100 for row in table["rows"] for v in row[1:])
     rows = dict((r[0], r[1:]) for r in table["rows"])
     assert rows[names[2]] == pytest.approx([(a + b) / 2 for a, b in zip(rows[SNI_A], rows[SNI_B])])
